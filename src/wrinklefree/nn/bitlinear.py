@@ -1,0 +1,89 @@
+"""BitLinear: a drop-in ``nn.Linear`` with BitNet b1.58 fake quantization.
+
+State lives here (weight, bias, the optional SubLN, lambda); the math lives in
+:mod:`wrinklefree.quant`. Subclassing ``nn.Linear`` keeps parameter names identical, so a
+converted model loads the source state dict unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wrinklefree.nn.subln import SubLN
+from wrinklefree.quant import WEIGHT_QUANTIZERS, absmax_activation_quant, ste_mix
+
+
+class BitLinear(nn.Linear):
+    """y = Q_w(W) · Q_a(norm(x)) + b with a straight-through estimator.
+
+    Args:
+        quant_lambda: 0 = full precision, 1 = ternary; values between mix the two (warm-up).
+        quantize_activations: per-token absmax int8 on the input (after the SubLN, if any).
+        weight_quant: a key of :data:`wrinklefree.quant.WEIGHT_QUANTIZERS`.
+        subln: insert an RMSNorm on the input (BitDistill's SubLN before o_proj / down_proj).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        quant_lambda: float = 1.0,
+        quantize_activations: bool = True,
+        weight_quant: str = "absmean",
+        subln: bool = False,
+        subln_eps: float = 1e-6,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if weight_quant not in WEIGHT_QUANTIZERS:
+            raise ValueError(
+                f"unknown weight_quant '{weight_quant}'; choose one of {sorted(WEIGHT_QUANTIZERS)}"
+            )
+        self.quant_lambda = float(quant_lambda)
+        self.quantize_activations = quantize_activations
+        self.weight_quant = weight_quant
+        self.sub_norm = SubLN(in_features, subln_eps, device=device, dtype=dtype) if subln else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> BitLinear:
+        """A BitLinear sharing ``linear``'s weight and bias tensors (no copy)."""
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device="meta",
+            **kwargs,
+        )
+        layer.weight = linear.weight
+        layer.bias = linear.bias
+        if layer.sub_norm is not None:
+            layer.sub_norm = SubLN(
+                linear.in_features, layer.sub_norm.eps, device=linear.weight.device,
+                dtype=linear.weight.dtype,
+            )
+        return layer
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight as the forward pass sees it (fake-quantized and mixed by lambda)."""
+        if self.quant_lambda == 0.0:
+            return self.weight
+        w_q = WEIGHT_QUANTIZERS[self.weight_quant](self.weight)
+        return ste_mix(self.weight, w_q, self.quant_lambda)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if self.sub_norm is not None:
+            x = self.sub_norm(x)
+        if self.quantize_activations and self.quant_lambda != 0.0:
+            x = ste_mix(x, absmax_activation_quant(x), self.quant_lambda)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, weight_quant={self.weight_quant}, "
+            f"act_quant={self.quantize_activations}, lambda={self.quant_lambda:g}"
+        )

@@ -1,0 +1,56 @@
+"""BitNet b1.58 quantizers as pure functions.
+
+Every function returns *dequantized* values in the input dtype (fake quantization), so the
+straight-through estimator can mix them with the full-precision tensor; the integer codes are
+available from :func:`ternary_codes` for packing and export.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-5
+
+
+def absmean_scale(w: torch.Tensor, per_channel: bool = False, eps: float = EPS) -> torch.Tensor:
+    """Weight scale gamma = mean(|W|) (BitNet b1.58, arXiv 2402.17764, Eq. 3).
+
+    Per tensor returns a 0-d tensor; per output channel returns shape (out, 1).
+    """
+    w = w.float()
+    if per_channel:
+        return w.abs().mean(dim=-1, keepdim=True).clamp(min=eps)  # (out, 1)
+    return w.abs().mean().clamp(min=eps)  # ()
+
+
+def ternary_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Integer codes RoundClip(W / gamma, -1, 1) in {-1, 0, 1} (BitNet b1.58, Eq. 1-2), as int8."""
+    return (w.float() / scale).round().clamp(-1, 1).to(torch.int8)
+
+
+def ternary_weight_quant(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """Fake-quantized ternary weight gamma * RoundClip(W / gamma, -1, 1) (BitNet b1.58, Eq. 1-3)."""
+    scale = absmean_scale(w, per_channel)
+    return ((w.float() / scale).round().clamp(-1, 1) * scale).to(w.dtype)
+
+
+def absmax_activation_quant(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
+    """Per-token absmax quantization to signed ``bits`` (BitNet, arXiv 2310.11453, Eq. 4).
+
+    scale = Q_b / max|x| over the last dim with Q_b = 2^(b-1) - 1 (127 for int8); the max is
+    clamped by ``eps`` so an all-zero token yields zeros, never NaN.
+    """
+    q_max = 2 ** (bits - 1) - 1
+    xf = x.float()
+    scale = q_max / xf.abs().amax(dim=-1, keepdim=True).clamp(min=eps)  # (..., 1)
+    return ((xf * scale).round().clamp(-q_max - 1, q_max) / scale).to(x.dtype)
+
+
+def ste_mix(x: torch.Tensor, x_quant: torch.Tensor, lam: float) -> torch.Tensor:
+    """Straight-through estimator with warm-up mixing: x + lam * (Q(x) - x).detach().
+
+    Forward value is (1 - lam) * x + lam * Q(x); the gradient is the identity (BitNet, Sec. 2.1;
+    lambda warm-up from HF's "Fine-tuning LLMs to 1.58bit", 2024). lam=0 is full precision,
+    lam=1 the fully quantized model.
+    """
+    return x + lam * (x_quant - x).detach()
