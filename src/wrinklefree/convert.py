@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from wrinklefree.nn import BitLinear
+from wrinklefree.nn import BitLinear, convert_bitlinear_to_lrc
+from wrinklefree.quant import fwht
 
 CONFIG_KEY = "bitnet"
 
@@ -33,7 +34,14 @@ class BitNetConfig:
         subln_targets: leaf names of the projections that get a SubLN (BitDistill stage 1).
         quant_lambda: initial quantization strength (0 = full precision, 1 = ternary).
         quantize_activations: per-token int8 activations.
-        weight_quant: a key of :data:`wrinklefree.quant.WEIGHT_QUANTIZERS`.
+        weight_quant: a key of :data:`wrinklefree.quant.WEIGHT_QUANTIZERS` (``"haar"``: ternary
+            Haar-wavelet coefficients, see docs/variants.md).
+        hadamard: online Hadamard rotation of the input of ``hadamard_targets`` (BitNet v2
+            H-BitLinear); their weights are rotated at conversion, so the function is unchanged.
+        hadamard_targets: leaf names of the projections that get the Hadamard rotation.
+        lrc_rank: add a low-rank correction U·Vᵀ to every BitLinear (LRC): a float fraction of
+            min(in, out) or an int rank; None = no correction.
+        lrc_init: ``svd_residual`` (SVD of W - Q(W)) or ``kaiming`` (U = 0, V random).
     """
 
     exclude: list[str] = field(default_factory=lambda: [r"(^|\.)lm_head$", r"(^|\.)score$",
@@ -43,6 +51,10 @@ class BitNetConfig:
     quant_lambda: float = 1.0
     quantize_activations: bool = True
     weight_quant: str = "absmean"
+    hadamard: bool = False
+    hadamard_targets: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
+    lrc_rank: float | int | None = None
+    lrc_init: str = "svd_residual"
 
     @classmethod
     def from_dict(cls, data: dict) -> BitNetConfig:
@@ -103,6 +115,12 @@ def convert_model_to_bitnet(
             f"{config.subln_targets}; pass subln_targets matching its output projections "
             "or insert_subln=False"
         )
+    hadamard_names = [n for n, _ in targets if n.rpartition(".")[2] in config.hadamard_targets]
+    if config.hadamard and not hadamard_names:
+        raise ValueError(
+            f"hadamard=True but {type(model).__name__} has no linear named "
+            f"{config.hadamard_targets}; pass hadamard_targets matching its projections"
+        )
     for name, linear in targets:
         layer = BitLinear.from_linear(
             linear,
@@ -110,10 +128,16 @@ def convert_model_to_bitnet(
             quantize_activations=config.quantize_activations,
             weight_quant=config.weight_quant,
             subln=config.insert_subln and name in subln_names,
+            hadamard=config.hadamard and name in hadamard_names,
         )
+        if layer.hadamard:  # W' = W·Hᵀ (H symmetric: rotate each row), so W'·(H·x) = W·x
+            with torch.no_grad():
+                layer.weight.copy_(fwht(layer.weight, layer.hadamard_block))
         _set_submodule(model, name, layer)
     if config.insert_subln and calibration_batches is not None:
         calibrate_subln(model, calibration_batches)
+    if config.lrc_rank is not None:
+        convert_bitlinear_to_lrc(model, config.lrc_rank, init=config.lrc_init)
     if hasattr(model, "config"):
         setattr(model.config, CONFIG_KEY, asdict(config))
     return model
@@ -201,7 +225,10 @@ def load_bitnet(path: str | Path, *, torch_dtype: torch.dtype | None = None, **m
     if model_cls is None:
         raise ValueError(f"{path}: unknown architecture {arch!r} in config.json")
     model = model_cls._from_config(hf_config, **model_kwargs)
-    convert_model_to_bitnet(model, options)
+    # LRC factors come from the checkpoint: skip the SVD init on the random weights.
+    build = options if options.lrc_rank is None else replace(options, lrc_init="kaiming")
+    convert_model_to_bitnet(model, build)
+    setattr(model.config, CONFIG_KEY, asdict(options))
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
         try:

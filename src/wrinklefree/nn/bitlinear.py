@@ -12,17 +12,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wrinklefree.nn.subln import SubLN
-from wrinklefree.quant import WEIGHT_QUANTIZERS, absmax_activation_quant, ste_mix
+from wrinklefree.quant import (
+    WEIGHT_QUANTIZERS,
+    absmax_activation_quant,
+    fwht,
+    hadamard_block_size,
+    ste_mix,
+)
 
 
 class BitLinear(nn.Linear):
-    """y = Q_w(W) · Q_a(norm(x)) + b with a straight-through estimator.
+    """y = Q_w(W) · Q_a(H · norm(x)) + b with a straight-through estimator.
 
     Args:
         quant_lambda: 0 = full precision, 1 = ternary; values between mix the two (warm-up).
         quantize_activations: per-token absmax int8 on the input (after the SubLN, if any).
         weight_quant: a key of :data:`wrinklefree.quant.WEIGHT_QUANTIZERS`.
         subln: insert an RMSNorm on the input (BitDistill's SubLN before o_proj / down_proj).
+        hadamard: rotate the input with the normalised (block-diagonal) Hadamard H after the SubLN
+            and before activation quantization (BitNet v2's H-BitLinear). The weight must hold
+            W·Hᵀ; :func:`wrinklefree.convert.convert_model_to_bitnet` rotates it.
     """
 
     def __init__(
@@ -36,6 +45,7 @@ class BitLinear(nn.Linear):
         weight_quant: str = "absmean",
         subln: bool = False,
         subln_eps: float = 1e-6,
+        hadamard: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -48,6 +58,8 @@ class BitLinear(nn.Linear):
         self.quantize_activations = quantize_activations
         self.weight_quant = weight_quant
         self.sub_norm = SubLN(in_features, subln_eps, device=device, dtype=dtype) if subln else None
+        self.hadamard = hadamard
+        self.hadamard_block = hadamard_block_size(in_features) if hadamard else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> BitLinear:
@@ -75,15 +87,26 @@ class BitLinear(nn.Linear):
         w_q = WEIGHT_QUANTIZERS[self.weight_quant](self.weight)
         return ste_mix(self.weight, w_q, self.quant_lambda)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., in)
+        """The input the weight sees, before activation quantization: SubLN, then Hadamard."""
         if self.sub_norm is not None:
             x = self.sub_norm(x)
+        if self.hadamard:
+            x = fwht(x, self.hadamard_block)
+        return x
+
+    def quantized_linear(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        """Q_w(W) · Q_a(x) + b on an already transformed input."""
         if self.quantize_activations and self.quant_lambda != 0.0:
             x = ste_mix(x, absmax_activation_quant(x), self.quant_lambda)
         return F.linear(x, self.quantized_weight(), self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        return self.quantized_linear(self.transform_input(x))
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, weight_quant={self.weight_quant}, "
             f"act_quant={self.quantize_activations}, lambda={self.quant_lambda:g}"
+            + (f", hadamard_block={self.hadamard_block}" if self.hadamard else "")
         )

@@ -1,0 +1,30 @@
+"""Training data: sources, a token cache, packed windows, weighted mixtures, influence remixing.
+
+Start at :func:`build_train_stream` (the training windows) and :func:`build_val_windows`.
+"""
+
+from wrinklefree.data.cache import TokenStore, tokenizer_fingerprint
+from wrinklefree.data.config import DataConfig, RemixConfig, SourceConfig, as_data_config
+from wrinklefree.data.heldout import asv_split, calibration_batches, heldout_windows
+from wrinklefree.data.influence import (
+    InfluenceRemixer,
+    estimate_source_influence,
+    influence_params,
+    remix_weights,
+)
+from wrinklefree.data.mixture import (
+    MixtureStream,
+    build_train_stream,
+    build_val_windows,
+    phase_weights,
+)
+from wrinklefree.data.packing import collate, make_window, packed_position_ids
+
+__all__ = [
+    "DataConfig", "RemixConfig", "SourceConfig", "as_data_config",
+    "TokenStore", "tokenizer_fingerprint",
+    "asv_split", "calibration_batches", "heldout_windows",
+    "InfluenceRemixer", "estimate_source_influence", "influence_params", "remix_weights",
+    "MixtureStream", "build_train_stream", "build_val_windows", "phase_weights",
+    "collate", "make_window", "packed_position_ids",
+]  # fmt: skip

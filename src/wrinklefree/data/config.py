@@ -1,0 +1,121 @@
+"""Plain dataclasses describing the training data (Hydra structured-config friendly).
+
+A run trains on a *mixture* of sources. Each source is a local file / folder / glob, a Hugging Face
+dataset name, or the embedded ASV text (``name: asv`` or ``path: asv://``), and carries a sampling
+weight. Everything that changes the tokens on disk (format, text field, shard size) is part of the
+cache key; everything that only changes the order they are read in (seed, weights) is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ASV_NAME = "asv"
+ASV_PATH = "asv://"
+FORMATS = ("auto", "text", "jsonl", "parquet")
+
+
+@dataclass
+class SourceConfig:
+    """One data source. Give ``path`` *or* ``hf_name``; ``name: asv`` alone is the embedded ASV."""
+
+    name: str = ASV_NAME
+    path: str | None = None  # file, folder (recursive) or glob; "asv://" = embedded ASV train split
+    hf_name: str | None = None  # Hugging Face dataset name (streamed) or a local dataset folder
+    hf_config: str | None = None
+    split: str = "train"
+    text_field: str = "text"  # jsonl / parquet / HF column holding the document text
+    format: str = "auto"  # auto (by file extension) | text | jsonl | parquet
+    weight: float = 1.0
+
+    @property
+    def is_asv(self) -> bool:
+        if self.path == ASV_PATH:
+            return True
+        return self.name == ASV_NAME and not self.path and not self.hf_name
+
+    def validate(self) -> None:
+        if self.path and self.hf_name:
+            raise ValueError(
+                f"source '{self.name}' sets both path={self.path!r} and hf_name={self.hf_name!r}; "
+                "give exactly one of them"
+            )
+        if not self.is_asv and not self.path and not self.hf_name:
+            raise ValueError(
+                f"source '{self.name}' has neither path nor hf_name; set one of them "
+                f"(or name it '{ASV_NAME}' / path '{ASV_PATH}' for the embedded ASV text)"
+            )
+        if self.format not in FORMATS:
+            raise ValueError(
+                f"source '{self.name}': format={self.format!r}, expected one of {FORMATS}"
+            )
+        if self.weight < 0:
+            raise ValueError(f"source '{self.name}': weight={self.weight} must be >= 0")
+
+
+@dataclass
+class RemixConfig:
+    """Influence-based remixing of the mixture weights (see ``wrinklefree.data.influence``)."""
+
+    enabled: bool = False
+    every_steps: int = 200  # re-estimate influence every N optimizer steps
+    step_size: float = 1.0  # eta of the exponentiated-gradient step on the weights
+    min_weight: float = 0.05
+    max_weight: float = 0.95
+    windows_per_source: int = 4  # windows drawn from each source to estimate its gradient
+    probe_windows: int = 8  # held-out ASV windows whose loss the mixture should reduce
+    params: str = "last_layer"  # cheap parameter subset: last_layer | norms
+
+
+@dataclass
+class DataConfig:
+    """The training data: sources + packing settings. Defaults = the embedded ASV train split."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    seq_len: int = 256
+    cache_dir: str = "~/.cache/wrinklefree/tokens"
+    seed: int = 0
+    shard_docs: int = 256  # documents per cached token shard (also the shuffling granularity)
+    remix: RemixConfig = field(default_factory=RemixConfig)
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ValueError("DataConfig.sources is empty; add a source (e.g. name: asv)")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        for s in self.sources:
+            s.validate()
+        if sum(s.weight for s in self.sources) <= 0:
+            raise ValueError(f"all source weights are zero ({names}); give one a positive weight")
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len={self.seq_len} must be at least 2")
+        if self.shard_docs < 1:
+            raise ValueError(f"shard_docs={self.shard_docs} must be at least 1")
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+
+def as_data_config(config) -> DataConfig:
+    """A :class:`DataConfig` from itself, an OmegaConf node or a plain dict (e.g. parsed YAML)."""
+    if isinstance(config, DataConfig):
+        return config
+    if hasattr(config, "_metadata"):  # an OmegaConf DictConfig
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(config, resolve=True)
+    if not isinstance(config, dict):
+        raise TypeError(f"expected a DataConfig or a mapping, got {type(config).__name__}")
+    fields = dict(config)
+    unknown = set(fields) - set(DataConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown data config keys {sorted(unknown)}")
+    if "sources" in fields:
+        fields["sources"] = [s if isinstance(s, SourceConfig) else SourceConfig(**s)
+                             for s in fields["sources"]]
+    if "remix" in fields and not isinstance(fields["remix"], RemixConfig):
+        fields["remix"] = RemixConfig(**fields["remix"])
+    return DataConfig(**fields)

@@ -1,0 +1,277 @@
+"""The training stream: packed windows sampled from several sources by weight, exactly resumable.
+
+Each source is one endless token stream (its cached shards, in a seeded random order per epoch;
+HF-streamed sources in stream order) cut into consecutive ``seq_len`` windows. For every window the
+stream draws a source by weight with a counter-based RNG: draw ``k`` uses
+``default_rng([seed, k])``, so the whole RNG state is the integer ``k``.
+
+DDP: ranks read *disjoint* windows. Window ``j`` of a source goes to rank ``j % world_size`` (every
+rank skips the windows of the others), and all ranks draw the same source sequence, so after any
+number of steps every rank's state is the same dict and rank 0's checkpoint restores all of them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from wrinklefree.data.cache import TokenStore, eos_id, tokenizer_fingerprint
+from wrinklefree.data.config import DataConfig, as_data_config
+from wrinklefree.data.heldout import asv_split, token_windows
+from wrinklefree.data.packing import collate, make_window
+
+STATE_VERSION = 1
+HISTORY_WINDOWS = 4096  # how far back state_dict(windows=...) can rewind
+
+
+class SourceReader:
+    """Reads one source's tokens window by window; its position is (epoch, index, offset)."""
+
+    def __init__(self, name: str, store: TokenStore, seq_len: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.name, self.store, self.seq_len, self.seed = name, store, seq_len, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = self.index = self.offset = 0  # epoch, position in its shard order, token
+        self._order: tuple[int, np.ndarray | None] = (-1, None)
+        self._loaded: tuple[tuple[int, int], np.ndarray | None] = ((-1, -1), None)
+
+    def next_window(self) -> np.ndarray:
+        """The next ``seq_len`` tokens for this rank, (L,): skip the other ranks' windows."""
+        self._skip(self.rank * self.seq_len)
+        window = self._take(self.seq_len)
+        self._skip((self.world_size - 1 - self.rank) * self.seq_len)
+        return window
+
+    def state(self) -> dict:
+        return {"key": self.store.key, "epoch": self.epoch, "index": self.index,
+                "offset": self.offset}
+
+    def load_state(self, state: dict) -> None:
+        if state["key"] != self.store.key:
+            raise ValueError(
+                f"source '{self.name}' changed since the checkpoint (token cache key "
+                f"{state['key']} -> {self.store.key}: files, tokenizer or shard_docs differ); "
+                "restore its old data or do not load the data state"
+            )
+        self.epoch, self.index, self.offset = state["epoch"], state["index"], state["offset"]
+
+    def _shard_order(self, epoch: int) -> np.ndarray | None:
+        """Shard order of an epoch: a seeded permutation, or None (stream order) when streaming."""
+        if self.store.streaming:
+            return None
+        if self._order[0] != epoch:
+            salt = zlib.crc32(self.name.encode())
+            rng = np.random.default_rng([self.seed, salt, epoch])
+            self._order = (epoch, rng.permutation(self.store.num_shards))
+        return self._order[1]
+
+    def _current(self) -> np.ndarray:
+        """The shard under the cursor, moving to the next epoch at the end of one."""
+        while True:
+            if self._loaded[0] == (self.epoch, self.index):
+                return self._loaded[1]
+            order = self._shard_order(self.epoch)
+            at_end = order is not None and self.index >= len(order)
+            tokens = None if at_end else self.store.shard(
+                self.index if order is None else int(order[self.index]))
+            if tokens is None:
+                if self.index == 0:
+                    raise ValueError(f"source '{self.name}' has no documents")
+                self.epoch, self.index, self.offset = self.epoch + 1, 0, 0
+                continue
+            self._loaded = ((self.epoch, self.index), tokens)
+            return tokens
+
+    def _take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            tokens = self._current()
+            part = tokens[self.offset : self.offset + n]
+            parts.append(part)
+            n -= len(part)
+            self.offset += len(part)
+            if self.offset >= len(tokens):
+                self.index, self.offset = self.index + 1, 0
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def _skip(self, n: int) -> None:
+        if n > 0:
+            self._take(n)
+
+
+class MixtureStream(IterableDataset):
+    """Endless packed windows {input_ids, labels, position_ids} (each (L,) long) from a mixture.
+
+    Use with ``num_workers=0``: its state (RNG counter, source cursors, weights) lives in this
+    object, which is what makes :meth:`state_dict` / :meth:`load_state_dict` exact.
+    """
+
+    def __init__(self, readers: dict[str, SourceReader], weights: Mapping[str, float], eos: int,
+                 seed: int = 0):
+        super().__init__()
+        self.readers, self.eos, self.seed = readers, eos, seed
+        self.names = list(readers)
+        self.windows = 0  # windows drawn so far = the RNG counter
+        self.counts = dict.fromkeys(self.names, 0)  # windows drawn per source (for logging)
+        self._weights = self._normalised(weights)
+        # For state_dict(windows=k) while a loader has already drawn windows past k: the state
+        # before each recent window, the weight changes / source batches since ([at, kind, arg],
+        # ``at`` = window counter when it happened), and those still to replay after a resume.
+        self._snapshots: deque[dict] = deque(maxlen=HISTORY_WINDOWS)
+        self._journal: deque[list] = deque()
+        self._pending: list[list] = []
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.names, self._weights.tolist(), strict=True))
+
+    def _normalised(self, weights: Mapping[str, float]) -> np.ndarray:
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown:
+            raise KeyError(f"unknown data source(s) {unknown}; this stream has {self.names}")
+        w = np.array([float(weights.get(n, 0.0)) for n in self.names])
+        if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError(f"mixture weights must be finite, >= 0 and not all 0, got {weights}")
+        return w / w.sum()
+
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        """Switch the mixture from the next window on. Sources left out get weight 0; the rest
+        are normalised to sum to 1."""
+        self._weights = self._normalised(weights)
+        self._journal.append([self.windows, "weights", self.weights])
+
+    def draw_source(self, k: int) -> str:
+        """Source of window ``k``: inverse-CDF sampling of u ~ U[0, 1) from ``rng([seed, k])``."""
+        u = np.random.default_rng([self.seed, k]).random()
+        i = int(np.searchsorted(np.cumsum(self._weights), u, side="right"))
+        return self.names[min(i, len(self.names) - 1)]
+
+    def next_window(self) -> dict[str, torch.Tensor]:
+        self._replay_due()
+        self._snapshots.append(self._core_state())
+        while self._journal and self._journal[0][0] <= self._snapshots[0]["windows"]:
+            self._journal.popleft()  # older than any snapshot: never needed again
+        name = self.draw_source(self.windows)
+        self.windows += 1
+        self.counts[name] += 1
+        return make_window(self.readers[name].next_window(), self.eos)
+
+    def source_batch(self, name: str, num_windows: int) -> dict[str, torch.Tensor]:
+        """``num_windows`` windows of one source as a (B, L) batch (used by influence remixing;
+        they advance that source's cursor but not the mixture RNG)."""
+        if name not in self.readers:
+            raise KeyError(f"unknown data source '{name}'; this stream has {self.names}")
+        windows = [self.readers[name].next_window() for _ in range(num_windows)]
+        self._journal.append([self.windows, "source_batch", [name, num_windows]])
+        return collate([make_window(w, self.eos) for w in windows])
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if get_worker_info() is not None:
+            raise RuntimeError(
+                "MixtureStream must be read with DataLoader(num_workers=0): worker processes "
+                "would each get a copy of its cursors and repeat the same windows"
+            )
+        while True:
+            yield self.next_window()
+
+    def _core_state(self) -> dict:
+        return {
+            "windows": self.windows,
+            "weights": self.weights,
+            "counts": dict(self.counts),
+            "sources": {name: r.state() for name, r in self.readers.items()},
+        }
+
+    def state_dict(self, windows: int | None = None) -> dict:
+        """The state after ``windows`` windows (default: all drawn so far), plain Python values
+        (safe for ``torch.load(weights_only=True)``).
+
+        Pass the number of windows training has *consumed* when a loader reads ahead (Lightning
+        prefetches one batch from an iterable dataset): the state is rewound to that window, and
+        the weight changes and source batches made since are kept and replayed after a resume at
+        the same window counts, so the resumed run sees exactly the windows the original saw.
+        """
+        if windows is None or windows == self.windows:
+            state, later = self._core_state(), []
+        else:
+            oldest = self._snapshots[0]["windows"] if self._snapshots else self.windows
+            if not oldest <= windows < self.windows:
+                raise ValueError(
+                    f"state_dict(windows={windows}): only windows {oldest}..{self.windows} are "
+                    f"kept (the last {HISTORY_WINDOWS}); pass the number of windows consumed"
+                )
+            state = self._snapshots[windows - oldest]
+            later = [e for e in self._journal if e[0] > windows]
+        pending = [list(e) for e in later] + [list(e) for e in self._pending]
+        return {"version": STATE_VERSION, "seed": self.seed, **state, "pending": pending}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["sources"]) != set(self.names):
+            raise ValueError(
+                f"checkpoint data sources {sorted(state['sources'])} differ from this stream's "
+                f"{sorted(self.names)}; use the same data config to resume"
+            )
+        for name, reader in self.readers.items():
+            reader.load_state(state["sources"][name])
+        self.seed, self.windows = state["seed"], state["windows"]
+        self.counts = dict(state["counts"])
+        self._weights = self._normalised(state["weights"])
+        self._pending = [list(e) for e in state.get("pending", [])]
+        self._snapshots.clear()
+        self._journal.clear()
+
+    def _replay_due(self) -> None:
+        """Re-apply, at the same window count, the changes the original run made after the
+        checkpointed window (so they land where they did before the interruption)."""
+        while self._pending and self._pending[0][0] <= self.windows:
+            _, kind, arg = self._pending.pop(0)
+            if kind == "weights":
+                self.set_weights(arg)
+            else:
+                self.source_batch(*arg)
+
+
+def build_train_stream(config: DataConfig, tokenizer, rank: int = 0,
+                       world_size: int = 1) -> MixtureStream:
+    """Tokenise (or find in the cache) every source of ``config`` and return the mixture stream.
+
+    Local and ASV sources are tokenised whole here (a progress bar; cached for the next run);
+    HF sources are streamed and tokenised shard by shard as training reaches them. Sources with
+    weight 0 are prepared too, so a later :meth:`MixtureStream.set_weights` can switch to them.
+    """
+    config = as_data_config(config)
+    config.validate()
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    readers = {}
+    for source in config.sources:
+        store = TokenStore(source, tokenizer, config.cache_path, config.shard_docs, fingerprint)
+        if not store.streaming and store.prepare() == 0:
+            raise ValueError(f"source '{source.name}' has no documents")
+        readers[source.name] = SourceReader(
+            source.name, store, config.seq_len, config.seed, rank, world_size)
+    weights = {s.name: s.weight for s in config.sources}
+    return MixtureStream(readers, weights, eos_id(tokenizer), config.seed)
+
+
+def build_val_windows(tokenizer, seq_len: int = 256, num_windows: int = 16,
+                      documents: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
+    """Validation windows in the training format (position ids restart per document), from the
+    ASV held-out split by default: the same tokens as :func:`heldout.heldout_windows`."""
+    docs = asv_split()[1] if documents is None else documents
+    eos = eos_id(tokenizer)
+    return [make_window(w, eos) for w in token_windows(tokenizer, docs, seq_len, num_windows)]
+
+
+def phase_weights(spec) -> dict[str, float]:
+    """Mixture weights from a curriculum phase's ``data_config``: a ``{source: weight}`` mapping,
+    or a data config (DataConfig, dict or OmegaConf node) whose sources carry weights."""
+    if isinstance(spec, DataConfig) or (isinstance(spec, Mapping) and "sources" in spec):
+        return {s.name: s.weight for s in as_data_config(spec).sources}
+    return {str(k): float(v) for k, v in dict(spec).items()}

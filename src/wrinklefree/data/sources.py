@@ -1,0 +1,153 @@
+"""Read the documents of one source: local text / jsonl / parquet files, a HF dataset, or the ASV.
+
+A *document* is the unit that gets an EOS after it and its own position ids: a blank-line separated
+paragraph of a text file, one row of a jsonl / parquet file or HF dataset, one ASV document.
+Whitespace-only documents are dropped everywhere, so document ``k`` means the same thing whichever
+way the source is read (that is what lets a half-built token cache resume at document ``k``).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from wrinklefree.data.config import SourceConfig
+from wrinklefree.data.heldout import HELDOUT_EVERY, asv_split
+
+EXTENSIONS = {
+    ".txt": "text", ".text": "text", ".md": "text",
+    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+    ".parquet": "parquet",
+}  # fmt: skip
+
+
+def source_files(source: SourceConfig) -> list[Path]:
+    """The files of a ``path`` source, sorted: the file itself, a folder's files, or a glob."""
+    raw = str(Path(source.path).expanduser())
+    path = Path(raw)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        candidates = sorted(p for p in path.rglob("*") if p.is_file())
+        files = [p for p in candidates if p.suffix in EXTENSIONS or source.format != "auto"]
+    else:
+        files = sorted(Path(p) for p in glob.glob(raw, recursive=True) if Path(p).is_file())
+    if not files:
+        raise FileNotFoundError(
+            f"source '{source.name}': path {source.path!r} matches no data files "
+            f"(expected a file, a folder with {sorted(EXTENSIONS)} files, or a glob)"
+        )
+    return files
+
+
+def file_format(path: Path, declared: str) -> str:
+    """``declared`` unless it is ``auto``; then the format its extension implies."""
+    if declared != "auto":
+        return declared
+    if path.suffix not in EXTENSIONS:
+        raise ValueError(
+            f"cannot tell the format of {path} from its extension; set format: text, jsonl or "
+            "parquet on the source"
+        )
+    return EXTENSIONS[path.suffix]
+
+
+def _text_documents(path: Path) -> Iterator[str]:
+    yield from re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
+
+
+def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if field not in row:
+                raise KeyError(
+                    f"{path}:{lineno} has no field {field!r} (fields: {sorted(row)}); set "
+                    "text_field on the source"
+                )
+            yield row[field]
+
+
+def _parquet_documents(path: Path, field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path)
+    if field not in table.schema_arrow.names:
+        raise KeyError(
+            f"{path} has no column {field!r} (columns: {table.schema_arrow.names}); set "
+            "text_field on the source"
+        )
+    for batch in table.iter_batches(columns=[field], batch_size=1024):
+        yield from batch.column(0).to_pylist()
+
+
+def _hf_documents(source: SourceConfig) -> Iterator[str]:
+    import datasets
+
+    ds = datasets.load_dataset(
+        source.hf_name, source.hf_config, split=source.split, streaming=True
+    )
+    for row in ds:
+        if source.text_field not in row:
+            raise KeyError(
+                f"dataset {source.hf_name!r} has no field {source.text_field!r} "
+                f"(fields: {sorted(row)}); set text_field on the source"
+            )
+        yield row[source.text_field]
+
+
+def _raw_documents(source: SourceConfig) -> Iterator[str]:
+    if source.is_asv:
+        yield from asv_split()[0]
+    elif source.hf_name:
+        yield from _hf_documents(source)
+    else:
+        for path in source_files(source):
+            fmt = file_format(path, source.format)
+            if fmt == "text":
+                yield from _text_documents(path)
+            elif fmt == "jsonl":
+                yield from _jsonl_documents(path, source.text_field)
+            else:
+                yield from _parquet_documents(path, source.text_field)
+
+
+def iter_documents(source: SourceConfig, start: int = 0) -> Iterator[str]:
+    """The source's non-empty documents (stripped), from document number ``start`` on."""
+    docs = (d.strip() for d in _raw_documents(source) if d is not None)
+    return itertools.islice((d for d in docs if d), start, None)
+
+
+def is_streaming(source: SourceConfig) -> bool:
+    """HF sources are streamed and tokenised lazily; local files and the ASV are tokenised whole."""
+    return bool(source.hf_name) and not source.is_asv
+
+
+def source_identity(source: SourceConfig) -> dict:
+    """What the tokens of ``source`` depend on, for the cache key: files with sizes and mtimes,
+    the HF dataset coordinates, or the ASV split rule."""
+    if source.is_asv:  # hash the text itself: the split rule or the asset could change
+        digest = hashlib.sha256("\x00".join(asv_split()[0]).encode()).hexdigest()
+        return {"asv": digest, "heldout_every": HELDOUT_EVERY}
+    if source.hf_name:
+        ident = {"hf": [source.hf_name, source.hf_config, source.split]}
+        local = Path(source.hf_name).expanduser()
+        if local.exists():  # a local dataset folder: its files count like any other files
+            ident["files"] = _file_stats(sorted(p for p in local.rglob("*") if p.is_file()))
+        return ident
+    files = source_files(source)
+    return {
+        "files": _file_stats(files),
+        "formats": [file_format(p, source.format) for p in files],
+    }
+
+
+def _file_stats(files: list[Path]) -> list:
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]

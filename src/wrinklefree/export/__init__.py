@@ -1,0 +1,67 @@
+"""Export converted ternary models: packed weights, GGUF for llama.cpp, packed HF safetensors.
+
+:func:`export_model` is what ``wf export`` runs; the formats live in :mod:`.gguf` and :mod:`.hf`,
+the packing in :mod:`.pack`, the logit comparison in :mod:`.parity`. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wrinklefree.export.pack import (
+    check_exportable,
+    pack_ternary_2bit,
+    pack_ternary_base3,
+    ternary_state,
+    unpack_ternary_2bit,
+    unpack_ternary_base3,
+)
+
+FORMATS = ("gguf", "hf")
+
+
+def resolve_model_dir(src: str | Path) -> Path:
+    """A model folder saved after convert, or a trainer run folder (its ``final/`` model)."""
+    from wrinklefree.generate import resolve_source
+
+    path = Path(resolve_source(str(src)))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{src} is neither a model folder (config.json) nor a run folder (final/config.json); "
+            "pass the folder written by `wf convert` or by training"
+        )
+    return path
+
+
+def export_model(src: str | Path, out: str | Path, fmt: str = "gguf", *,
+                 weight_type: str = "tq2_0", embed_type: str = "f16") -> dict[str, tuple[str, int]]:
+    """Load a converted model folder (or run folder) and write it as ``fmt`` to ``out``.
+
+    Returns tensor name -> (storage type, bytes). ``weight_type`` / ``embed_type`` apply to GGUF.
+    """
+    from wrinklefree.models import load_model
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format '{fmt}'; choose one of {FORMATS}")
+    folder = resolve_model_dir(src)
+    model = load_model(str(folder))
+    if fmt == "gguf":
+        from wrinklefree.export.gguf import export_gguf
+
+        return export_gguf(model, out, folder, weight_type=weight_type, embed_type=embed_type)
+    from wrinklefree.export.hf import export_hf
+
+    return export_hf(model, out, folder)
+
+
+__all__ = [
+    "FORMATS",
+    "check_exportable",
+    "export_model",
+    "pack_ternary_2bit",
+    "pack_ternary_base3",
+    "resolve_model_dir",
+    "ternary_state",
+    "unpack_ternary_2bit",
+    "unpack_ternary_base3",
+]

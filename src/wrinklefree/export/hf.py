@@ -1,0 +1,157 @@
+"""Write a converted ternary model as a packed checkpoint that stock transformers loads.
+
+transformers ships the inference side of BitNet b1.58: the ``bitnet`` quantization method
+(``BitNetQuantConfig``; ``integrations/bitnet.py``) replaces each ``nn.Linear`` with a BitLinear
+holding 2-bit packed uint8 weights and one ``weight_scale``, and computes
+y = (W_codes · round(x · s_x)) / (s_x · weight_scale) with per-token absmax int8 activations
+s_x = 127 / max|x| -- the same math as our BitLinear (BitNet b1.58, arXiv 2402.17764, Eq. 1-4)
+when ``weight_scale = 1 / gamma``. The ``BitNetForCausalLM`` model is a Llama with RMSNorms
+``attn_sub_norm`` (before o_proj) and ``ffn_sub_norm`` (before down_proj): our SubLN.
+
+- SubLN Llama -> ``BitNetForCausalLM`` + ``quantization_config = bitnet``.
+- No SubLN (any architecture) -> the same architecture + ``quantization_config = bitnet``.
+- SubLN on a non-Llama model has no stock class and is refused (use the GGUF or the
+  wrinklefree checkpoint itself).
+
+Both load with ``AutoModelForCausalLM.from_pretrained(out)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from wrinklefree.convert import CONFIG_KEY
+from wrinklefree.export.pack import (
+    PER_CHANNEL_QUANTS,
+    check_exportable,
+    pack_ternary_2bit,
+    ternary_state,
+)
+
+# Our SubLN parameter -> BitNetForCausalLM's name for it (modeling_bitnet.py).
+SUBLN_RENAMES = {
+    "self_attn.o_proj.sub_norm.weight": "self_attn.attn_sub_norm.weight",
+    "mlp.down_proj.sub_norm.weight": "mlp.ffn_sub_norm.weight",
+}
+# LlamaConfig fields that BitNetConfig shares (configuration_bitnet.py).
+BITNET_CONFIG_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range",
+    "rms_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
+    "attention_bias", "attention_dropout", "rope_parameters",
+)
+
+
+def pack_transformers_bitnet(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes (out, in) -> transformers' packed layout, uint8 (out / 4, in).
+
+    transformers packs along the output dimension: byte [r, c] holds rows r, r + out/4,
+    r + 2·out/4, r + 3·out/4 of column c in bits 0-1, 2-3, 4-5, 6-7 (``pack_weights``). Gathering
+    those four rows next to each other per column turns it into our 2-bit row packing.
+    """
+    out_f, in_f = codes.shape
+    if out_f % 4:
+        raise ValueError(f"transformers' BitNet packing needs out_features % 4 == 0, got {out_f}")
+    grouped = codes.view(4, out_f // 4, in_f).permute(2, 1, 0).reshape(in_f, out_f)  # [c, 4r+i]
+    return pack_ternary_2bit(grouped).T.contiguous()  # (out / 4, in)
+
+
+def _uses_bitnet_class(model: nn.Module, layers) -> bool:
+    """True for a SubLN Llama (-> BitNetForCausalLM), False for a model without SubLN."""
+    sub = {name for name, layer in layers if layer.sub_norm is not None}
+    if not sub:
+        return False
+    expected = {
+        f"model.layers.{i}.{path}"
+        for i in range(model.config.num_hidden_layers)
+        for path in ("self_attn.o_proj", "mlp.down_proj")
+    }
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if cfg.model_type != "llama" or sub != expected or getattr(cfg, "mlp_bias", False):
+        raise ValueError(
+            "transformers' BitNetForCausalLM is a Llama with SubLN exactly before o_proj and "
+            f"down_proj; this {cfg.model_type} model's SubLNs do not map onto it. Use the "
+            "wrinklefree checkpoint (load_bitnet) instead"
+        )
+    if head_dim * cfg.num_attention_heads != cfg.hidden_size:
+        raise ValueError("BitNetForCausalLM needs heads * head_dim == hidden_size")
+    return True
+
+
+def _hf_config(model: nn.Module, bitnet_class: bool, keep: list[str]):
+    from transformers import BitNetConfig, BitNetQuantConfig
+
+    cfg = model.config
+    if bitnet_class:
+        config = BitNetConfig(**{k: getattr(cfg, k) for k in BITNET_CONFIG_FIELDS})
+        config.architectures = ["BitNetForCausalLM"]
+        if getattr(cfg, "mask_token_id", None) is not None:
+            config.mask_token_id = cfg.mask_token_id
+    else:
+        config = copy.deepcopy(cfg)
+        delattr(config, CONFIG_KEY)
+    config.dtype = torch.float32
+    config.quantization_config = BitNetQuantConfig(
+        modules_to_not_convert=keep, linear_class="bitlinear", quantization_mode="offline"
+    ).to_dict()
+    return config
+
+
+def _check_hf(layers) -> None:
+    for name, layer in layers:
+        if layer.weight_quant in PER_CHANNEL_QUANTS:
+            raise ValueError(
+                f"{name}: transformers' BitLinear has one weight_scale per layer; per-channel "
+                "scales (absmean_channel) can only be exported to GGUF"
+            )
+        if not layer.quantize_activations:
+            raise ValueError(
+                f"{name}: transformers' BitLinear always quantizes activations to int8; this "
+                "model was converted with quantize_activations=False"
+            )
+
+
+@torch.no_grad()
+def export_hf(model: nn.Module, out: str | Path, tokenizer_dir: str | Path | None = None
+              ) -> dict[str, tuple[str, int]]:
+    """Save ``model`` (converted, fully ternary) as packed safetensors + config in ``out``.
+
+    Returns tensor name -> (dtype, bytes) of what was saved (uint8 = packed ternary weights).
+    """
+    from transformers import AutoTokenizer
+
+    layers = check_exportable(model)
+    _check_hf(layers)
+    bitnet_class = _uses_bitnet_class(model, layers)
+    ternary = {f"{name}.weight": layer for name, layer in layers}
+    keep = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and
+            f"{n}.weight" not in ternary]
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        if tied and key == "lm_head.weight":
+            continue
+        if key in ternary:
+            codes, scale = ternary_state(ternary[key])
+            state[key] = pack_transformers_bitnet(codes)
+            # transformers divides by weight_scale: y = W_codes·x_int / (s_x · weight_scale)
+            state[key.replace(".weight", ".weight_scale")] = (1.0 / scale.float()).reshape(1)
+            continue
+        if bitnet_class:
+            key = next((key.replace(a, b) for a, b in SUBLN_RENAMES.items() if key.endswith(a)),
+                       key)
+        state[key] = tensor.detach().float().contiguous()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    _hf_config(model, bitnet_class, keep).save_pretrained(out)
+    if tokenizer_dir is not None:
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return {k: (str(v.dtype).removeprefix("torch."), v.numel() * v.element_size())
+            for k, v in state.items()}

@@ -1,0 +1,319 @@
+"""Text generation: autoregressive decoding with a KV cache, and block diffusion for DLM students.
+
+Both decoders are generators of token-id chunks, so the same loop streams to a terminal
+(:func:`stream_text`) or collects the ids. They take any causal LM that accepts
+``input_ids`` / ``past_key_values`` / ``use_cache`` and returns ``.logits`` (Hugging Face models,
+converted BitNet models, packed models from :func:`wrinklefree.nn.packed.pack_model`).
+
+Block diffusion follows Fast-dLLM v2 (arXiv 2509.26328) with the conventions of our DLM objective:
+ordinary causal attention and token shift, i.e. the logits at position i-1 predict the token at
+position i. A block of B mask tokens is appended after the committed text; each step re-runs only
+that block on top of the cached prefix and commits every masked position whose confidence
+exceeds a threshold (at least one per step); a finished block is run once more to extend the cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from transformers import DynamicCache
+
+NOT_DLM_HINT = "this model was not trained with the DLM objective; use --mode ar"
+
+
+class NotDLMModelError(ValueError):
+    """Raised when block diffusion is asked of a model that cannot fill in mask tokens."""
+
+
+@dataclass
+class DecodeStats:
+    """What a decoder did: forward passes over the new text (the prompt pass excluded)."""
+
+    new_tokens: int = 0
+    model_calls: int = 0
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_source(src: str) -> str:
+    """A trainer run folder holds its final model in ``<run>/final/``; other sources pass as is."""
+    final = Path(src) / "final"
+    return str(final) if (final / "config.json").is_file() else src
+
+
+def load_for_generation(src: str, *, packed: bool = False) -> tuple[nn.Module, object]:
+    """Model (eval mode) and tokenizer from a run folder or anything ``load_model`` accepts.
+
+    ``packed=True`` replaces every BitLinear by a 2-bit :class:`PackedBitLinear`.
+    """
+    from wrinklefree.models import load_model, load_tokenizer
+
+    src = resolve_source(src)
+    model = load_model(src)
+    if packed:
+        from wrinklefree.nn.packed import pack_model
+
+        pack_model(model)
+    return model, load_tokenizer(src)
+
+
+def encode_prompt(tokenizer, prompt: str, *, chat: bool = False) -> torch.Tensor:
+    """Prompt -> input_ids (1, L); ``chat`` wraps it as one user turn with the chat template."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--chat: this tokenizer has no chat template; drop --chat")
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(prompt)["input_ids"]
+    if not ids:
+        raise ValueError("the prompt is empty after tokenization; give at least one token")
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def mask_token_id_of(model: nn.Module, tokenizer=None) -> int | None:
+    """The DLM mask token id: ``config.mask_token_id`` (set by the DLM objective), else the
+    tokenizer's mask token, else None."""
+    token_id = getattr(model.config, "mask_token_id", None)
+    if token_id is None and tokenizer is not None:
+        token_id = getattr(tokenizer, "mask_token_id", None)
+    return token_id
+
+
+def eos_token_ids(model: nn.Module, tokenizer=None) -> set[int]:
+    """End-of-sequence ids: the model's generation config (may hold several, e.g. chat models)
+    plus the tokenizer's EOS token."""
+    config = getattr(model, "generation_config", None) or model.config
+    ids = _eos_set(getattr(config, "eos_token_id", None))
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose mass reaches ``top_p``,
+    renormalised (Holtzman et al. 2020, arXiv 1904.09751, Eq. 2-3). probs (..., V) -> (..., V)."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs  # mass of strictly more likely tokens
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def next_token(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token from logits (V,): argmax at temperature 0, else a sample from
+    softmax(logits / temperature) restricted to the top-p nucleus. Returns a 0-d long tensor."""
+    if temperature == 0.0:
+        return logits.argmax(-1)
+    probs = (logits.float() / temperature).softmax(-1)
+    if top_p < 1.0:
+        probs = top_p_filter(probs, top_p)
+    return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+def _check_sampling(temperature: float, top_p: float) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _eos_set(eos_token_id: int | Iterable[int] | None) -> set[int]:
+    if eos_token_id is None:
+        return set()
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+
+
+# ----------------------------------------------------------------------------- autoregressive
+
+
+@torch.no_grad()
+def generate_ar(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    eos_token_id: int | Iterable[int] | None = None,
+    stats: DecodeStats | None = None,
+) -> Iterator[list[int]]:
+    """Yield new tokens one at a time (as one-element lists) from input_ids (1, L).
+
+    One forward pass over the prompt, then one per token on top of a KV cache (DynamicCache).
+    Stops after ``max_new_tokens`` or after yielding an end-of-sequence token.
+    """
+    _check_sampling(temperature, top_p)
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    eos = _eos_set(eos_token_id)
+    stats = stats if stats is not None else DecodeStats()
+    cache = DynamicCache()
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    for step in range(max_new_tokens):
+        token = next_token(out.logits[0, -1], temperature=temperature, top_p=top_p,
+                           generator=generator)
+        stats.new_tokens += 1
+        yield [int(token)]
+        if int(token) in eos or step == max_new_tokens - 1:
+            return
+        out = model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True)
+        stats.model_calls += 1
+
+
+# ----------------------------------------------------------------------------- block diffusion
+
+
+@torch.no_grad()
+def generate_block_diffusion(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int | None,
+    max_new_tokens: int,
+    block_size: int = 32,
+    threshold: float = 0.9,
+    max_steps: int | None = None,
+    eos_token_id: int | Iterable[int] | None = None,
+    require_dlm: bool = True,
+    stats: DecodeStats | None = None,
+) -> Iterator[list[int]]:
+    """Yield committed blocks of new tokens decoded by confidence-threshold unmasking.
+
+    Args:
+        mask_token_id: the DLM ``<|mask|>`` id (:func:`mask_token_id_of`); None raises
+            :class:`NotDLMModelError`.
+        block_size: tokens per block (Fast-dLLM v2 uses 32); the last block is shortened so
+            exactly ``max_new_tokens`` are produced (fewer only when an EOS token is committed).
+        threshold: unmask every masked position whose top probability exceeds it (greedy token);
+            > 1 unmasks exactly one position (the most confident) per step.
+        max_steps: denoising steps per block (default ``block_size``); each step unmasks at least
+            ceil(masked / steps left) positions so the block is always finished in time.
+        require_dlm: raise :class:`NotDLMModelError` when the model predicts the mask token at most
+            masked positions (a model never trained to fill masks); False decodes anyway
+            (benchmarks of speed on an untrained model).
+    """
+    if mask_token_id is None:
+        raise NotDLMModelError(
+            "no mask token: config.mask_token_id is not set and the tokenizer has none; "
+            + NOT_DLM_HINT
+        )
+    if block_size < 1 or (max_steps is not None and max_steps < 1):
+        raise ValueError(f"block_size and max_steps must be >= 1, got {block_size}, {max_steps}")
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
+    eos = _eos_set(eos_token_id)
+    stats = stats if stats is not None else DecodeStats()
+    cache = DynamicCache()
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    last_logits = out.logits[0, -1]  # (V,) predicts the first token of the next block
+    produced = 0
+    while produced < max_new_tokens:
+        size = min(block_size, max_new_tokens - produced)
+        block = _denoise_block(
+            model, cache, last_logits, size, mask_token_id, threshold,
+            max_steps or size, check_dlm=require_dlm and produced == 0, stats=stats,
+        )
+        tokens = block[0].tolist()
+        stop = next((i for i, t in enumerate(tokens) if t in eos), None)
+        if stop is not None:
+            tokens = tokens[: stop + 1]
+        produced += len(tokens)
+        stats.new_tokens += len(tokens)
+        yield tokens
+        if stop is not None or produced >= max_new_tokens:
+            return
+        # commit: cache the finished block's keys/values; its last logits predict the next block
+        out = model(input_ids=block, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        stats.model_calls += 1
+        last_logits = out.logits[0, -1]
+
+
+def _denoise_block(
+    model: nn.Module,
+    cache: DynamicCache,
+    last_logits: torch.Tensor,
+    size: int,
+    mask_token_id: int,
+    threshold: float,
+    max_steps: int,
+    *,
+    check_dlm: bool,
+    stats: DecodeStats,
+) -> torch.Tensor:
+    """Unmask one block of ``size`` tokens on top of ``cache`` (left as it was); -> (1, size)."""
+    block = torch.full((1, size), mask_token_id, dtype=torch.long, device=last_logits.device)
+    for step in range(max_steps):
+        logits = model(input_ids=block, past_key_values=cache, use_cache=True).logits[0]  # (S, V)
+        cache.crop(-size)  # drop the block's keys/values: only committed text stays cached
+        stats.model_calls += 1
+        # token shift: position j is predicted by the logits at j - 1 (the prefix for j = 0)
+        pred = torch.cat([last_logits[None], logits[:-1]]).float()  # (S, V)
+        masked = block[0] == mask_token_id  # (S,)
+        if check_dlm and step == 0:
+            _check_predicts_tokens(pred[1:].argmax(-1), mask_token_id)
+        pred[:, mask_token_id] = -math.inf  # never emit the mask token itself
+        confidence, tokens = pred.softmax(-1).max(-1)  # (S,), (S,)
+        confidence = confidence.masked_fill(~masked, -1.0)
+        n_masked = int(masked.sum())
+        at_least = max(1, -(-n_masked // (max_steps - step)))  # ceil: finish within max_steps
+        chosen = masked & (confidence > threshold)
+        if int(chosen.sum()) < at_least:
+            chosen = torch.zeros_like(masked)
+            chosen[confidence.topk(at_least).indices] = True
+        block[0, chosen] = tokens[chosen]
+        if not (block == mask_token_id).any():
+            break
+    return block
+
+
+def _check_predicts_tokens(argmax: torch.Tensor, mask_token_id: int) -> None:
+    """A model never trained with the DLM objective tends to copy the mask token it is shown."""
+    if argmax.numel() and (argmax == mask_token_id).float().mean() > 0.5:
+        raise NotDLMModelError(
+            f"the model predicts the mask token (id {mask_token_id}) at "
+            f"{int((argmax == mask_token_id).sum())}/{argmax.numel()} masked positions: "
+            f"{NOT_DLM_HINT}"
+        )
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def stream_text(tokenizer, chunks: Iterable[list[int]]) -> Iterator[str]:
+    """Turn token-id chunks into text pieces as they arrive; "".join(pieces) == decode(all ids).
+
+    Decodes the whole text so far and emits what is new, holding back a trailing U+FFFD (a
+    multi-byte character whose bytes have not all arrived yet).
+    """
+    ids: list[int] = []
+    emitted = ""
+    for chunk in chunks:
+        ids.extend(chunk)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") or len(text) == len(emitted):
+            continue
+        yield text[len(emitted):]
+        emitted = text
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if text != emitted:
+        yield text[len(emitted):]

@@ -1,0 +1,171 @@
+"""The LightningModule: one training step = objectives over student (and teacher) outputs.
+
+Engineering (devices, precision, strategy, logging, checkpoint files) is Lightning's; research
+(what the loss is) is the :class:`~wrinklefree.objectives.ObjectiveManager`'s. This module only
+wires them together and advances the per-step schedules (quantization lambda, curriculum).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import IterableDataset
+
+from wrinklefree.data.mixture import MixtureStream, phase_weights
+from wrinklefree.data.packing import collate
+from wrinklefree.objectives import ObjectiveManager, run_model
+from wrinklefree.quant import LambdaWarmup, set_quant_lambda
+from wrinklefree.teacher import Teacher
+from wrinklefree.train.optim import ZClip, build_optimizer, lr_multiplier
+
+DATA_STATE = "_data_state"
+
+
+class StreamBatches(IterableDataset):
+    """Batches of ``batch_size`` windows, each carrying the stream state *after* it was drawn.
+
+    Lightning fetches ahead of the step it runs, so the stream object is always a batch or two
+    ahead of training; the state travelling with the batch is what a checkpoint must store for an
+    exact resume.
+    """
+
+    def __init__(self, stream: MixtureStream, batch_size: int) -> None:
+        self.stream, self.batch_size = stream, batch_size
+
+    def __iter__(self):
+        windows = iter(self.stream)
+        while True:
+            batch = collate([next(windows) for _ in range(self.batch_size)])
+            batch[DATA_STATE] = self.stream.state_dict()
+            yield batch
+
+
+class BitNetModule(L.LightningModule):
+    """Trains a converted student with the objectives of ``manager``.
+
+    Args:
+        student: the converted model (BitLinear layers).
+        manager: objectives, weights and curriculum.
+        teacher: frozen full-precision teacher or None.
+        stream: the training data stream (for curriculum data switches and resume).
+        training: the ``training`` section of the config (optimizer, schedules, budgets).
+        total_steps: optimizer steps in the run.
+        tokens_per_step: tokens consumed per optimizer step on this rank.
+        remixer: optional influence-based remixer of the stream's weights.
+    """
+
+    def __init__(self, student, manager: ObjectiveManager, teacher: Teacher | None,
+                 stream: MixtureStream, training: Any, total_steps: int, tokens_per_step: int,
+                 remixer=None) -> None:
+        super().__init__()
+        self.student = student
+        self.manager = manager
+        self.teacher = teacher
+        self.stream = stream
+        self.cfg = training
+        self.total_steps = total_steps
+        self.tokens_per_step = tokens_per_step
+        self.remixer = remixer
+        lam = training.quant_lambda
+        self.lambda_schedule = LambdaWarmup(lam.warmup_steps, lam.shape, lam.start, lam.end)
+        z = training.zclip
+        self.zclip = ZClip(z.alpha, z.z_thresh, z.warmup, z.max_norm) if z.enabled else None
+        self.data_state: dict | None = None
+        self._phase = manager.phase_index
+        self._clock: float | None = None
+
+    # ---- per-step schedules -------------------------------------------------------------
+    def _advance_schedules(self) -> None:
+        """Bring lambda and the curriculum to the current optimizer step (exact under
+        accumulation and resume: both are functions of ``global_step``)."""
+        set_quant_lambda(self.student, self.lambda_schedule(self.global_step))
+        while self.manager.curriculum is not None and self.manager.step_count < self.global_step:
+            self.manager.step()
+        if self.manager.phase_index != self._phase:
+            self._phase = self.manager.phase_index
+            data_config = self.manager.current_phase.data_config
+            if data_config:
+                self.stream.set_weights(phase_weights(data_config))
+
+    # ---- Lightning hooks ----------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.data_state = batch.pop(DATA_STATE, None)
+        self._advance_schedules()
+        batch = self.manager.preprocess_batch(batch)
+        needs = self.manager.requirements()
+        outputs = run_model(self.student, batch, needs)
+        teacher_outputs = self.teacher(batch, needs) if needs.teacher else None
+        result = self.manager(outputs, batch, teacher_outputs)
+        metrics = {f"train/{k}": v for k, v in result.metrics.items()}
+        metrics["train/lambda"] = self.lambda_schedule(self.global_step)
+        metrics["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        metrics["train/tokens"] = float((self.global_step + 1) * self.tokens_per_step)
+        for name, weight in self.stream.weights.items():
+            metrics[f"data/{name}"] = weight
+        self.log_dict(metrics, on_step=True, on_epoch=False)
+        self.log("loss", result.loss.detach(), prog_bar=True, logger=False)
+        return result.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.log("tok/s", self.tokens_per_step / self.cfg.grad_accum / (now - self._clock),
+                     prog_bar=True, logger=True)
+        self._clock = now
+        if self.remixer is not None:
+            record = self.remixer.maybe_remix(self.global_step, self.student)
+            if record is not None:
+                self.log_dict({f"remix/{k}": v for k, v in record["weights"].items()})
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self.student(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                              use_cache=False).logits[:, :-1]  # (B, L-1, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["input_ids"][:, 1:].flatten())
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if loss is not None:
+            self.log("val/ppl", torch.exp(loss), prog_bar=True, sync_dist=True)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        if self.zclip is not None:
+            norm = self.zclip(self.student.parameters())
+            self.log("train/grad_norm", norm)
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        optimizer = build_optimizer(self.student, cfg.optimizer, cfg.lr, cfg.weight_decay,
+                                    cfg.betas)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_multiplier(step, cfg.scheduler, self.total_steps, cfg.warmup_steps,
+                                       cfg.decay_ratio, cfg.min_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["wrinklefree"] = {
+            "manager": self.manager.state_dict(),
+            "data": self.data_state,
+            "zclip": None if self.zclip is None else self.zclip.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "remix_history": None if self.remixer is None else self.remixer.history,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["wrinklefree"]
+        self.manager.load_state_dict(state["manager"])
+        self._phase = self.manager.phase_index
+        if state["data"] is not None:
+            self.stream.load_state_dict(state["data"])
+        if self.zclip is not None and state["zclip"] is not None:
+            self.zclip.load_state_dict(state["zclip"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.remixer is not None and state["remix_history"]:
+            self.remixer.history = list(state["remix_history"])

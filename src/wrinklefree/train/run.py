@@ -1,0 +1,275 @@
+"""`wf train`: build model, teacher, data and objectives from a config and run Lightning.
+
+Flow (one way): config -> student/teacher/tokenizer -> data stream -> objective manager ->
+Lightning Trainer -> checkpoints -> ``<run_dir>/final`` (a ``load_bitnet`` folder) + report.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from wrinklefree.convert import convert_model_to_bitnet
+from wrinklefree.data.config import as_data_config
+from wrinklefree.data.heldout import calibration_batches, heldout_windows
+from wrinklefree.data.influence import InfluenceRemixer
+from wrinklefree.data.mixture import build_train_stream, build_val_windows
+from wrinklefree.data.packing import collate
+from wrinklefree.eval.perplexity import perplexity
+from wrinklefree.models import load_model, load_tokenizer
+from wrinklefree.objectives import add_mask_token, create_objective_manager
+from wrinklefree.quant import set_quant_lambda
+from wrinklefree.teacher import Teacher
+from wrinklefree.train.config import scrub_secrets, validate
+from wrinklefree.train.module import BitNetModule, StreamBatches
+
+log = logging.getLogger("wrinklefree.train")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _rank_and_world(cfg: DictConfig) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    return rank, world
+
+
+def build_student(cfg: DictConfig, tokenizer) -> torch.nn.Module:
+    """Load the source and convert it (unless it already is a BitNet checkpoint)."""
+    from wrinklefree.convert import bitnet_config_of
+
+    m = cfg.model
+    student = load_model(m.source, dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation)
+    if bitnet_config_of(student) is None:
+        options = OmegaConf.to_container(m.convert, resolve=True)
+        batches = None
+        if options.get("insert_subln", True) and m.calibration_batches > 0:
+            batches = calibration_batches(tokenizer, m.calibration_batches)
+        convert_model_to_bitnet(student, calibration_batches=batches, **options)
+    if m.lrc.rank is not None:
+        from wrinklefree.nn.lrc import convert_bitlinear_to_lrc, freeze_model_except_lrc
+
+        convert_bitlinear_to_lrc(student, rank=m.lrc.rank, init=m.lrc.init)
+        if m.lrc.freeze_base:
+            freeze_model_except_lrc(student)
+    if m.dlm:
+        add_mask_token(tokenizer, student)
+    return student
+
+
+def apply_trainer_options(student: torch.nn.Module, cfg: DictConfig) -> None:
+    """Activation checkpointing and torch.compile, both in place (parameter names unchanged)."""
+    if cfg.trainer.activation_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.trainer.compile:
+        student.compile()
+
+
+def build_teacher(cfg: DictConfig, tokenizer) -> Teacher | None:
+    source = cfg.model.teacher
+    if source is None:
+        return None
+    path = cfg.model.source if source == "source" else source
+    model = load_model(path, dtype=DTYPES[cfg.model.dtype])
+    teacher_tokenizer = load_tokenizer(path)
+    if cfg.model.dlm:  # the teacher never sees the mask token, but vocabularies must line up
+        add_mask_token(copy.deepcopy(teacher_tokenizer), model)
+    return Teacher(model, tokenizer=teacher_tokenizer, student_tokenizer=tokenizer)
+
+
+def total_steps_of(cfg: DictConfig, world: int) -> int:
+    t = cfg.training
+    tokens_per_step = t.batch_size * t.grad_accum * as_data_config(cfg.data).seq_len * world
+    if t.max_tokens:
+        return max(1, math.ceil(t.max_tokens / tokens_per_step))
+    if t.max_steps is None or t.max_steps < 0:
+        raise ValueError(f"training.max_steps={t.max_steps}: set it (>= 0; 0 = convert only) or "
+                         "set training.max_tokens")
+    return int(t.max_steps)
+
+
+def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers: list = [CSVLogger(run_dir, name="logs", version="")]
+    if cfg.logging.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+    if cfg.logging.wandb:
+        wandb_logger = wandb_logger_or_none(cfg.logging.project, run_dir)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+    return loggers
+
+
+def wandb_logger_or_none(project: str, run_dir: Path):
+    """A WandbLogger, or None with one clear warning when wandb cannot be used (never raises)."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        warnings.warn("wandb logging was requested but the wandb package is not installed; "
+                      "logging locally only (CSV + TensorBoard)", stacklevel=2)
+        return None
+    offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled")
+    if not offline and not os.environ.get("WANDB_API_KEY"):
+        warnings.warn("wandb logging was requested but WANDB_API_KEY is not set and WANDB_MODE is "
+                      "not offline; logging locally only (CSV + TensorBoard)", stacklevel=2)
+        return None
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(project=project, save_dir=str(run_dir), offline=offline)
+    except Exception as err:  # any wandb start-up failure must not stop training
+        warnings.warn(f"wandb could not start ({err}); logging locally only", stacklevel=2)
+        return None
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume checkpoint {path} does not exist (use resume=auto to "
+                                "continue the latest checkpoint of run_dir, if any)")
+    return str(path)
+
+
+@torch.no_grad()
+def greedy_sample(model, tokenizer, prompt: str, new_tokens: int) -> str:
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _evaluate(model, tokenizer, cfg: DictConfig, windows: torch.Tensor) -> dict[str, Any]:
+    return {"perplexity": perplexity(model, windows),
+            "sample": greedy_sample(model, tokenizer, cfg.training.sample_prompt,
+                                    cfg.training.sample_tokens)}
+
+
+def train(config: DictConfig | dict) -> Path:
+    """Run the training described by ``config``; returns the run folder."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    cfg = validate(config)
+    run_dir = Path(cfg.run_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plain = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
+    rank, world = _rank_and_world(cfg)
+
+    tokenizer = load_tokenizer(cfg.model.source)
+    student = build_student(cfg, tokenizer)
+    teacher = build_teacher(cfg, tokenizer)
+    total_steps = total_steps_of(cfg, world)
+    manager = create_objective_manager(
+        {"objectives": cfg.objectives, "curriculum": cfg.curriculum}, total_steps,
+        tokenizer=tokenizer)
+    data_cfg = as_data_config(cfg.data)
+    stream = build_train_stream(data_cfg, tokenizer, rank=rank, world_size=world)
+    val = build_val_windows(tokenizer, data_cfg.seq_len, cfg.training.val_windows)
+    remixer = None
+    if data_cfg.remix.enabled:
+        probe = collate(build_val_windows(tokenizer, data_cfg.seq_len, data_cfg.remix.probe_windows))
+        remixer = InfluenceRemixer(stream, probe, data_cfg.remix)
+
+    report: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps}
+    eval_windows = heldout_windows(tokenizer, data_cfg.seq_len, cfg.training.val_windows)
+    resume = _resume_path(cfg, run_dir)
+    if cfg.training.eval_before and resume is None and rank == 0:
+        if teacher is not None:
+            report["teacher"] = _evaluate(teacher.model, tokenizer, cfg, eval_windows)
+            _print_row("teacher (full precision)", report["teacher"])
+        set_quant_lambda(student, cfg.training.quant_lambda.end)
+        report["converted"] = _evaluate(student, tokenizer, cfg, eval_windows)
+        _print_row("converted student (no training)", report["converted"])
+
+    if total_steps == 0:  # convert only (stage 1)
+        return _finish(run_dir, student, tokenizer, cfg, eval_windows, report)
+    apply_trainer_options(student, cfg)
+    tokens_per_step = cfg.training.batch_size * cfg.training.grad_accum * data_cfg.seq_len
+    module = BitNetModule(student, manager, teacher, stream, cfg.training, total_steps,
+                          tokens_per_step, remixer)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step-{step}", monitor="step", mode="max",
+        save_top_k=cfg.training.keep_last, every_n_train_steps=cfg.training.checkpoint_every,
+        save_last=True, auto_insert_metric_name=False)
+    callbacks = [checkpoint]
+    if cfg.logging.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes, strategy=_strategy(cfg), precision=cfg.trainer.precision,
+        max_steps=total_steps, accumulate_grad_batches=cfg.training.grad_accum,
+        val_check_interval=cfg.training.val_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, limit_val_batches=None, logger=_loggers(cfg, run_dir),
+        callbacks=callbacks, enable_progress_bar=cfg.logging.progress_bar,
+        log_every_n_steps=1, default_root_dir=run_dir, use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+    train_loader = torch.utils.data.DataLoader(StreamBatches(stream, cfg.training.batch_size),
+                                               batch_size=None, num_workers=0)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=cfg.training.batch_size,
+                                             collate_fn=collate)
+    student.train()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+    if trainer.checkpoint_callback is not None and total_steps % cfg.training.checkpoint_every:
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+    if trainer.is_global_zero:
+        _finish(run_dir, student, tokenizer, cfg, eval_windows, report)
+    return run_dir
+
+
+def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig, eval_windows: torch.Tensor,
+            report: dict[str, Any]) -> Path:
+    """Save ``final/`` (loadable with load_bitnet), evaluate it, write report.json and the plot."""
+    set_quant_lambda(student, cfg.training.quant_lambda.end)
+    final = run_dir / "final"
+    student.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    if cfg.training.max_steps != 0:
+        report["trained"] = _evaluate(student, tokenizer, cfg, eval_windows)
+        _print_row("trained student", report["trained"])
+        try:
+            from wrinklefree.train.plot import plot_run
+
+            plot_run(run_dir)
+        except Exception as err:  # a plot must never cost the run
+            log.warning("could not plot %s: %s", run_dir, err)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"run folder: {run_dir} (final model in {final})")
+    return run_dir
+
+
+def _strategy(cfg: DictConfig):
+    """A strategy name ('auto', 'ddp', 'fsdp', ...) or a dict ``{name: fsdp, ...FSDPStrategy
+    options}`` (e.g. ``sharding_strategy: FULL_SHARD``)."""
+    strategy = cfg.trainer.strategy
+    if not isinstance(strategy, DictConfig):
+        return strategy
+    options = OmegaConf.to_container(strategy, resolve=True)
+    name = options.pop("name", None)
+    if name != "fsdp":
+        raise ValueError(f"trainer.strategy dict needs name: fsdp, got name={name!r}")
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return FSDPStrategy(**options)
+
+
+def _print_row(label: str, result: dict[str, Any]) -> None:
+    print(f"{label:<34} perplexity {result['perplexity']:>12.2f} | {result['sample']!r}",
+          flush=True)

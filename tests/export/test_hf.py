@@ -1,0 +1,72 @@
+"""Packed HF export: transformers' own packing layout and exact logits through stock loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import save_tiny
+from transformers import AutoModelForCausalLM
+
+from wrinklefree.export.hf import export_hf, pack_transformers_bitnet
+from wrinklefree.models import load_model
+
+
+@pytest.fixture(autouse=True)
+def no_compile(monkeypatch):
+    """transformers' BitLinear is decorated with torch.compile (~20 s per graph on CPU)."""
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+
+
+def test_packing_matches_transformers():
+    from transformers.integrations.bitnet import pack_weights, unpack_weights
+
+    codes = torch.randint(-1, 2, (12, 7), dtype=torch.int8)
+    ours = pack_transformers_bitnet(codes)
+    assert torch.equal(ours, pack_weights(codes.clone()))
+    assert torch.equal(unpack_weights(ours, dtype=torch.float32), codes.float())
+
+
+def test_packing_by_hand():
+    # out = 4: rows 0..3 of a column go to bits 0-1, 2-3, 4-5, 6-7 of one byte.
+    # column codes [1, 0, -1, 1] -> +1 = [2, 1, 0, 2] -> 2 + 4 + 0 + 128 = 134
+    codes = torch.tensor([[1], [0], [-1], [1]], dtype=torch.int8)
+    assert pack_transformers_bitnet(codes).tolist() == [[134]]
+
+
+def _parity(folder, out):
+    model = load_model(str(folder))
+    export_hf(model, out, folder)
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 33), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, got = model(ids).logits, loaded(ids).logits
+    return loaded, (ref - got).abs().max().item(), (ref.argmax(-1) == got.argmax(-1)).all()
+
+
+def test_subln_llama_loads_as_bitnet_for_causal_lm_with_exact_logits(tiny_dir, tmp_path):
+    loaded, max_diff, same_top1 = _parity(tiny_dir, tmp_path / "hf")
+    assert type(loaded).__name__ == "BitNetForCausalLM"
+    assert loaded.model.layers[0].mlp.down_proj.weight.dtype == torch.uint8
+    assert max_diff < 1e-5 and same_top1
+
+
+def test_plain_ternary_llama_keeps_its_class(tmp_path):
+    folder = save_tiny(tmp_path / "plain", insert_subln=False, tie_word_embeddings=False)
+    loaded, max_diff, same_top1 = _parity(folder, tmp_path / "hf")
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    assert loaded.lm_head.weight.dtype == torch.float32  # excluded layers stay full precision
+    assert max_diff < 1e-5 and same_top1
+
+
+def test_weights_are_packed_four_per_byte(tiny_dir, tmp_path):
+    sizes = export_hf(load_model(str(tiny_dir)), tmp_path / "hf", tiny_dir)
+    dtype, nbytes = sizes["model.layers.0.mlp.up_proj.weight"]
+    assert dtype == "uint8" and nbytes == 512 * 256 // 4
+    assert sizes["model.layers.0.mlp.up_proj.weight_scale"] == ("float32", 4)
+    assert "lm_head.weight" not in sizes  # tied
+
+
+def test_per_channel_scales_are_refused(tmp_path):
+    folder = save_tiny(tmp_path / "pc", weight_quant="absmean_channel")
+    with pytest.raises(ValueError, match="per-channel"):
+        export_hf(load_model(str(folder)), tmp_path / "hf", folder)

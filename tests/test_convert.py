@@ -1,0 +1,160 @@
+import copy
+import json
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, tiny_model
+
+from wrinklefree.convert import BitNetConfig, convert_model_to_bitnet, load_bitnet
+from wrinklefree.nn import BitLinear
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("head", ["causal", "classification"])
+def test_lambda0_without_subln_is_exact(arch, head):
+    model = tiny_model(arch, head=head)
+    x = torch.randint(1, 128, (2, 12))
+    with torch.no_grad():
+        reference = model(x).logits
+        converted = convert_model_to_bitnet(copy.deepcopy(model), insert_subln=False, quant_lambda=0)
+        out = converted(x).logits
+    assert sum(isinstance(m, BitLinear) for m in converted.modules()) == 2 * 7
+    assert (out - reference).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("head", ["causal", "classification"])
+def test_heads_and_embeddings_stay_full_precision(head):
+    model = convert_model_to_bitnet(tiny_model("qwen2", head=head))
+    for name, module in model.named_modules():
+        if name.endswith(("lm_head", "score")):
+            assert type(module) is torch.nn.Linear
+    assert not isinstance(model.get_input_embeddings(), BitLinear)
+
+
+def test_qwen2_biases_are_kept():
+    model = convert_model_to_bitnet(tiny_model("qwen2"))
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, BitLinear) and q_proj.bias is not None
+
+
+def test_subln_targets_only_output_projections():
+    model = convert_model_to_bitnet(tiny_model("llama"))
+    with_norm = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                 if isinstance(m, BitLinear) and m.sub_norm is not None}
+    assert with_norm == {"o_proj", "down_proj"}
+
+
+def test_calibrated_subln_is_closer_than_unit_gain():
+    model = tiny_model("llama")
+    x = torch.randint(1, 128, (4, 32))
+    with torch.no_grad():
+        reference = model(x).logits
+        unit = convert_model_to_bitnet(copy.deepcopy(model), quant_lambda=0)(x).logits
+        calibrated = convert_model_to_bitnet(
+            copy.deepcopy(model), quant_lambda=0, calibration_batches=[{"input_ids": x}]
+        )(x).logits
+    assert (calibrated - reference).pow(2).mean() < (unit - reference).pow(2).mean()
+
+
+def test_calibration_gain_is_least_squares_solution():
+    # one linear, two tokens: x1 = [1, 1] (rms 1), x2 = [2, 0] (rms sqrt 2)
+    # u1 = [1, 1], u2 = [sqrt2, 0]; g_0 = (1*1 + 2*sqrt2) / (1 + 2) ; g_1 = (1*1 + 0) / (1 + 0) = 1
+    from wrinklefree.convert import calibrate_subln
+
+    class One(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.o_proj = torch.nn.Linear(2, 2, bias=False)
+
+        def forward(self, input_ids, use_cache=False):
+            return self.o_proj(input_ids)
+
+    model = convert_model_to_bitnet(One(), quant_lambda=0)
+    model.o_proj.sub_norm.eps = 0.0
+    calibrate_subln(model, [{"input_ids": torch.tensor([[1.0, 1.0], [2.0, 0.0]])}])
+    expected = torch.tensor([(1 + 2 * 2**0.5) / 3, 1.0])
+    assert torch.allclose(model.o_proj.sub_norm.weight, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_save_load_roundtrip(arch, tmp_path):
+    model = convert_model_to_bitnet(tiny_model(arch), quant_lambda=0.7)
+    with torch.no_grad():
+        for m in model.modules():  # make SubLN gains non-trivial so loading them is tested
+            if isinstance(m, BitLinear) and m.sub_norm is not None:
+                m.sub_norm.weight.uniform_(0.5, 1.5)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["bitnet"]
+    assert saved["insert_subln"] is True and saved["quant_lambda"] == 0.7
+    loaded = load_bitnet(tmp_path)
+    x = torch.randint(1, 128, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_load_rejects_plain_checkpoint(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not a wrinklefree BitNet checkpoint"):
+        load_bitnet(tmp_path)
+
+
+def test_load_rejects_missing_and_corrupt(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_bitnet(tmp_path)
+    convert_model_to_bitnet(tiny_model("llama")).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_bitnet(tmp_path)
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(ValueError, match="quant_lamda"):
+        BitNetConfig.from_dict({"quant_lamda": 1.0})
+
+
+def test_unsupported_architecture_is_named():
+    import transformers
+
+    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)
+    with pytest.raises(TypeError, match="GPT2LMHeadModel.*Conv1D"):
+        convert_model_to_bitnet(transformers.GPT2LMHeadModel(config))
+
+
+def test_missing_subln_targets_are_named():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="out_proj"):
+        convert_model_to_bitnet(model, subln_targets=["out_proj"])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_packed_documents_do_not_attend_to_each_other(arch):
+    model = convert_model_to_bitnet(tiny_model(arch))  # fully ternary, SubLN on
+    docs = [torch.randint(1, 128, (n,)) for n in (5, 9, 6)]
+    window = torch.cat(docs)[None]  # (1, 20)
+    position_ids = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    with torch.no_grad():
+        packed = model(input_ids=window, position_ids=position_ids, use_cache=False).logits
+        start = 0
+        for doc in docs:
+            alone = model(input_ids=doc[None], use_cache=False).logits
+            assert (packed[0, start : start + len(doc)] - alone[0]).abs().max() < 1e-4
+            start += len(doc)
+
+
+def test_sequence_classification_learns_a_toy_task():
+    torch.manual_seed(0)
+    model = convert_model_to_bitnet(tiny_model("llama", head="classification")).train()
+    # label = whether token 7 appears in the sequence
+    x = torch.randint(8, 128, (32, 10))
+    y = torch.randint(0, 2, (32,))
+    x[y == 1, 3] = 7
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        out = model(input_ids=x, labels=y)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        losses.append(out.loss.item())
+    accuracy = (model(input_ids=x).logits.argmax(-1) == y).float().mean()
+    assert losses[-1] < 0.5 * losses[0] and accuracy > 0.9

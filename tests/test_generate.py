@@ -1,0 +1,238 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
+
+from wrinklefree.assets import gpt2_tokenizer_dir
+from wrinklefree.cli import main
+from wrinklefree.generate import (
+    DecodeStats,
+    NotDLMModelError,
+    encode_prompt,
+    eos_token_ids,
+    generate_ar,
+    generate_block_diffusion,
+    next_token,
+    resolve_source,
+    stream_text,
+    top_p_filter,
+)
+
+VOCAB = 128
+MASK = VOCAB - 1
+
+
+def tiny_llama(vocab_size: int = VOCAB, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    return GPT2Tokenizer.from_pretrained(gpt2_tokenizer_dir())
+
+
+@pytest.fixture(scope="module")
+def gpt2_model(gpt2_tokenizer):
+    """A tiny random Llama with GPT-2's vocabulary: random tokens include partial UTF-8 bytes."""
+    return tiny_llama(vocab_size=len(gpt2_tokenizer))
+
+
+class Bigram(nn.Module):
+    """A stub LM whose logits at position t depend only on the token at t (no attention, so the
+    cache is irrelevant): logits = table[input_ids]."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table  # (V, V)
+
+    def forward(self, input_ids, past_key_values=None, use_cache=None, logits_to_keep=0):
+        logits = self.table[input_ids]  # (B, L, V)
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+
+def successor_bigram(mask_predicts_itself: bool = False) -> Bigram:
+    """Real token v predicts v + 1 with near certainty; the mask token carries no information
+    (uniform logits) or, for a model never trained to fill masks, predicts the mask itself."""
+    table = torch.zeros(VOCAB, VOCAB)
+    for v in range(VOCAB - 1):
+        table[v, (v + 1) % (VOCAB - 1)] = 20.0
+    if mask_predicts_itself:
+        table[MASK, MASK] = 20.0
+    return Bigram(table)
+
+
+def collect(chunks) -> list[int]:
+    return [t for chunk in chunks for t in chunk]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_top_p_filter_hand_computed():
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3])
+    # sorted 0.5, 0.3, 0.15, 0.05: mass before each = 0, 0.5, 0.8, 0.95
+    torch.testing.assert_close(top_p_filter(probs, 0.7), torch.tensor([0.0, 0.625, 0.0, 0.375]))
+    torch.testing.assert_close(top_p_filter(probs, 0.5), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(top_p_filter(probs, 0.81), probs / 0.95 * torch.tensor(
+        [1.0, 1.0, 0.0, 1.0]))
+
+
+def test_sampling_respects_seeds_and_tiny_top_p_is_greedy():
+    model, ids = tiny_llama(), torch.tensor([[1, 2, 3]])
+
+    def run(seed, top_p=1.0):
+        return collect(generate_ar(model, ids, max_new_tokens=12, temperature=1.5, top_p=top_p,
+                                   seed=seed))
+
+    assert run(0) == run(0)
+    assert any(run(0) != run(s) for s in (1, 2, 3))
+    greedy = collect(generate_ar(model, ids, max_new_tokens=12))
+    assert run(5, top_p=1e-6) == greedy
+
+
+def test_next_token_rejects_bad_settings():
+    with pytest.raises(ValueError, match="top_p"):
+        collect(generate_ar(tiny_llama(), torch.tensor([[1]]), max_new_tokens=2, top_p=0.0))
+    with pytest.raises(ValueError, match="temperature"):
+        collect(generate_ar(tiny_llama(), torch.tensor([[1]]), max_new_tokens=2, temperature=-1))
+    assert int(next_token(torch.tensor([0.1, 3.0, -1.0]))) == 1
+
+
+# ----------------------------------------------------------------------------- autoregressive
+
+
+def test_greedy_equals_hf_generate():
+    model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3]])
+    expected = model.generate(ids, max_new_tokens=20, do_sample=False)[0, ids.shape[1]:].tolist()
+    got = collect(generate_ar(model, ids, max_new_tokens=20,
+                              eos_token_id=model.generation_config.eos_token_id))
+    assert got == expected
+
+
+def test_ar_stops_after_eos():
+    got = collect(generate_ar(successor_bigram(), torch.tensor([[3]]), max_new_tokens=10,
+                              eos_token_id=[6, 99]))
+    assert got == [4, 5, 6]
+
+
+def test_streaming_yields_the_same_text(gpt2_tokenizer, gpt2_model):
+    ids = encode_prompt(gpt2_tokenizer, "In the beginning")
+    tokens = collect(generate_ar(gpt2_model, ids, max_new_tokens=30, temperature=1.0, seed=0))
+    pieces = list(stream_text(gpt2_tokenizer, generate_ar(gpt2_model, ids, max_new_tokens=30,
+                                                          temperature=1.0, seed=0)))
+    assert len(pieces) > 1
+    assert "".join(pieces) == gpt2_tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def test_streaming_holds_back_partial_characters(gpt2_tokenizer):
+    # GPT-2 byte tokens 447 + 247 are the two halves of the UTF-8 bytes of "’" (U+2019)
+    assert gpt2_tokenizer.decode([447]) == "\ufffd"
+    pieces = list(stream_text(gpt2_tokenizer, [[40], [447], [247], [82]]))
+    assert pieces == ["I", "’", "s"]
+
+
+# ----------------------------------------------------------------------------- block diffusion
+
+
+def reference_block_diffusion(model, ids, max_new_tokens, block_size):
+    """Threshold > 1 without any cache: re-run the whole sequence each step and unmask the single
+    most confident masked position (token shift: logits at i - 1 predict token i)."""
+    seq = ids[0].tolist()
+    while len(seq) - ids.shape[1] < max_new_tokens:
+        start = len(seq)
+        seq += [MASK] * min(block_size, max_new_tokens - (start - ids.shape[1]))
+        while MASK in seq[start:]:
+            logits = model(torch.tensor([seq])).logits[0, start - 1 : -1].clone()
+            logits[:, MASK] = -float("inf")
+            conf, tok = logits.softmax(-1).max(-1)
+            conf[torch.tensor(seq[start:]) != MASK] = -1
+            j = int(conf.argmax())
+            seq[start + j] = int(tok[j])
+    return seq[ids.shape[1]:]
+
+
+def test_cached_block_diffusion_equals_full_recompute():
+    model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3]])
+    got = collect(generate_block_diffusion(model, ids, mask_token_id=MASK, max_new_tokens=11,
+                                           block_size=4, threshold=2.0, require_dlm=False))
+    assert got == reference_block_diffusion(model, ids, 11, 4)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "max_steps", "denoise_calls"),
+    [(2.0, None, 11), (0.0, None, 3), (2.0, 2, 6)],  # blocks of 4, 4, 3 tokens
+)
+def test_block_diffusion_fills_exactly_and_counts_steps(threshold, max_steps, denoise_calls):
+    model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3]])
+    stats = DecodeStats()
+    blocks = list(generate_block_diffusion(
+        model, ids, mask_token_id=MASK, max_new_tokens=11, block_size=4, threshold=threshold,
+        max_steps=max_steps, require_dlm=False, stats=stats,
+    ))
+    assert [len(b) for b in blocks] == [4, 4, 3]
+    assert MASK not in collect(blocks)
+    # threshold > 1: exactly one token per step; 0: a whole block per step; max_steps=2 finishes
+    # each block in 2 steps. Two commit passes cache blocks 1 and 2.
+    assert stats.model_calls == denoise_calls + 2
+    assert stats.new_tokens == 11
+
+
+def test_uninformative_masks_degenerate_to_left_to_right_greedy():
+    model, ids = successor_bigram(), torch.tensor([[10, 20]])
+    stats = DecodeStats()
+    got = collect(generate_block_diffusion(model, ids, mask_token_id=MASK, max_new_tokens=9,
+                                           block_size=4, threshold=0.5, stats=stats))
+    assert got == collect(generate_ar(model, ids, max_new_tokens=9)) == list(range(21, 30))
+    assert stats.model_calls == 9 + 2  # one token per step, two commits
+
+
+def test_block_diffusion_stops_at_eos():
+    got = list(generate_block_diffusion(successor_bigram(), torch.tensor([[10]]),
+                                        mask_token_id=MASK, max_new_tokens=12, block_size=4,
+                                        eos_token_id=15))
+    assert got == [[11, 12, 13, 14], [15]]
+
+
+def test_non_dlm_models_are_refused_clearly():
+    ids = torch.tensor([[10, 20]])
+    with pytest.raises(NotDLMModelError, match="use --mode ar"):
+        collect(generate_block_diffusion(successor_bigram(mask_predicts_itself=True), ids,
+                                         mask_token_id=MASK, max_new_tokens=8))
+    with pytest.raises(NotDLMModelError, match="no mask token"):
+        collect(generate_block_diffusion(successor_bigram(), ids, mask_token_id=None,
+                                         max_new_tokens=8))
+
+
+# ----------------------------------------------------------------------------- sources, CLI
+
+
+def test_run_folder_resolves_to_final(tmp_path):
+    (tmp_path / "final").mkdir()
+    assert resolve_source(str(tmp_path)) == str(tmp_path)
+    (tmp_path / "final" / "config.json").write_text("{}")
+    assert resolve_source(str(tmp_path)) == str(tmp_path / "final")
+
+
+def test_chat_needs_a_template(gpt2_tokenizer):
+    with pytest.raises(ValueError, match="no chat template"):
+        encode_prompt(gpt2_tokenizer, "hi", chat=True)
+
+
+def test_cli_generates_from_a_run_folder(tmp_path, gpt2_tokenizer, gpt2_model, capsys):
+    model = gpt2_model
+    model.save_pretrained(tmp_path / "final")
+    gpt2_tokenizer.save_pretrained(tmp_path / "final")
+    main(["generate", str(tmp_path), "--prompt", "In the beginning", "--max-new-tokens", "6"])
+    ids = encode_prompt(gpt2_tokenizer, "In the beginning")
+    eos = eos_token_ids(model, gpt2_tokenizer)
+    expected = collect(generate_ar(model, ids, max_new_tokens=6, eos_token_id=eos))
+    out = capsys.readouterr().out
+    assert gpt2_tokenizer.decode(expected, skip_special_tokens=True) in out
+    with pytest.raises(SystemExit):
+        main(["generate", str(tmp_path), "--prompt", "x", "--mode", "dlm"])
+    assert "use --mode ar" in capsys.readouterr().err
