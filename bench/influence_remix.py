@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -73,6 +75,15 @@ def tiny_model(seed: int):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ_LEN))
 
 
+def lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first 10 % of steps, then cosine decay to 10 % of the peak."""
+    warmup = max(1, total // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 @torch.no_grad()
 def heldout_loss(model, batch) -> float:
     model.eval()
@@ -87,7 +98,8 @@ def run(mode: str, seed: int, args, config: DataConfig, tokenizer, probe, evalse
         0.5, 0.5)
     stream = build_train_stream(config, tokenizer)
     model = tiny_model(seed).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.steps))
     remix = RemixConfig(enabled=mode == "remix", every_steps=args.every, step_size=args.eta,
                         min_weight=0.05, max_weight=0.95, windows_per_source=4)
     remixer = InfluenceRemixer(stream, probe, remix)
@@ -97,7 +109,9 @@ def run(mode: str, seed: int, args, config: DataConfig, tokenizer, probe, evalse
         loss = causal_lm_loss(model, next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         remixer.maybe_remix(step, model)
         if step % args.eval_every == 0 or step == args.steps:
             curve.append((step, heldout_loss(model, evalset)))
@@ -116,6 +130,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=25, help="remix every N steps")
     parser.add_argument("--eta", type=float, default=2.0, help="remix step size")
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", type=Path, help="also write the JSON record here")
     args = parser.parse_args()
@@ -134,8 +149,11 @@ def main() -> None:
     val = build_val_windows(tokenizer, SEQ_LEN, num_windows=40)
     probe, evalset = collate(val[:8]), collate(val[8:])  # the probe never scores the result
 
-    results = [run(mode, seed, args, config, tokenizer, probe, evalset)
-               for seed in args.seeds for mode in ("fixed", "remix", "asv-only")]
+    try:
+        results = [run(mode, seed, args, config, tokenizer, probe, evalset)
+                   for seed in args.seeds for mode in ("fixed", "remix", "asv-only")]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{'mode':<10} {'seed':>4} {'held-out CE':>12} {'ASV share':>10} {'final w(asv)':>12}"
           f" {'s':>6}")
@@ -154,7 +172,7 @@ def main() -> None:
     print(f"remix trajectory (seed {first['seed']}): " + ", ".join(
         f"step {h['step']}: asv {h['asv_weight']:.2f}" for h in first["remix"]))
     record = {"bench": "influence_remix", "steps": args.steps, "every": args.every,
-              "eta": args.eta, "seq_len": SEQ_LEN, "batch": BATCH, "vocab": VOCAB,
+              "eta": args.eta, "lr": args.lr, "seq_len": SEQ_LEN, "batch": BATCH, "vocab": VOCAB,
               "tokenise_seconds": tokenise_s, "summary": summary, "runs": results}
     print(json.dumps(record))
     if args.json:

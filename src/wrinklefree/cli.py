@@ -12,7 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-EMBEDDED_HELP = "'smollm2' (the embedded SmolLM2-135M-Instruct), a .gguf file, a HF folder or hub id"
+EMBEDDED_HELP = (
+    "'smollm2' (the embedded SmolLM2-135M-Instruct), a .gguf file, a HF folder or hub id"
+)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -178,17 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "that `wf info`, `wf train`, `wf export` and `load_bitnet` read.")
     p.add_argument("src", help=f"source model: {EMBEDDED_HELP}")
     p.add_argument("out", help="output folder (model + tokenizer)")
-    p.add_argument("--no-subln", action="store_true", help="do not insert SubLN before o_proj/down_proj")
+    p.add_argument("--no-subln", action="store_true",
+                   help="do not insert SubLN before o_proj/down_proj")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN",
                    help="regexes of module names to keep full precision (replaces the default: "
                    "lm_head, score, classifier)")
     p.add_argument("--calibration-batches", type=int, default=4, metavar="N",
-                   help="batches of held-out ASV text used to calibrate SubLN gains (0 = gains of 1)")
+                   help="batches of ASV training text used to calibrate SubLN gains "
+                   "(0 = gains of 1)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="parameter counts, ternary sparsity, bits per weight",
                        description="Print what a model folder holds: parameters, which modules are "
-                       "quantized, the fraction of zero ternary weights, effective bits per weight.")
+                       "quantized, the fraction of zero ternary weights, effective bits per "
+                       "weight.")
     p.add_argument("path", help=f"model: {EMBEDDED_HELP}")
     p.set_defaults(func=cmd_info)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -36,31 +37,53 @@ def take(stream, n: int) -> list[list[int]]:
     return [stream.next_window()["input_ids"].tolist() for _ in range(n)]
 
 
-def source_tokens(stream, name: str, epochs: int) -> list[int]:
-    """The source's token stream over ``epochs`` epochs, in its shard order."""
-    reader = stream.readers[name]
-    out: list[int] = []
-    for epoch in range(epochs):
-        for shard in reader._shard_order(epoch):
-            out += reader.store.shard(int(shard)).tolist()
-    return out
+def all_tokens(store) -> list[int]:
+    """A fully tokenised source's tokens: its shards concatenated."""
+    return np.concatenate([store.shard(i) for i in range(store.num_shards)]).tolist()
 
 
-def test_a_source_is_cut_into_consecutive_windows_in_a_new_shard_order_each_epoch(
-        two_sources, tokenizer):
+def epoch_chunks(reader, epoch: int) -> list[list[int]]:
+    """Every aligned window of an epoch, in token order (the epoch's offset from its plan)."""
+    offset, order = reader.plan(epoch)
+    tokens = all_tokens(reader.store)
+    return [tokens[offset + p * L:offset + (p + 1) * L] for p in range(len(order))]
+
+
+def test_each_epoch_reads_every_window_once_in_a_new_random_order(two_sources, tokenizer):
     two_sources.sources[1].weight = 0.0
     stream = build_train_stream(two_sources, tokenizer)
     reader = stream.readers["a"]
     assert reader.store.num_shards == 10
-    order0, order1 = reader._shard_order(0).tolist(), reader._shard_order(1).tolist()
-    assert sorted(order0) == list(range(10)) and order0 != order1
-    tokens = source_tokens(stream, "a", epochs=2)
-    n = len(tokens) // L
-    windows = take(stream, n)
-    assert windows == [tokens[i * L:(i + 1) * L] for i in range(n)]
+    assert reader.store.read(5, 30).tolist() == all_tokens(reader.store)[5:35]  # across shards
+    for epoch in range(3):
+        chunks = epoch_chunks(reader, epoch)
+        windows = take(stream, len(chunks))
+        assert sorted(windows) == sorted(chunks)  # each aligned window exactly once
+        assert windows != chunks  # but not in text order
+    offsets = {reader.plan(e)[0] for e in range(6)}
+    assert len(offsets) > 1 and all(0 <= o < L for o in offsets)  # window boundaries move
     window = stream.next_window()
     assert window["position_ids"].tolist() == _positions(window["input_ids"].tolist(),
                                                           tokenizer.eos_token_id)
+
+
+def test_a_streamed_source_is_read_in_stream_order(tmp_path, tokenizer, make_docs):
+    import json
+
+    folder = tmp_path / "hf_ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(
+        "".join(json.dumps({"text": d}) + "\n" for d in make_docs("s", 9)))
+    config = DataConfig(sources=[SourceConfig(name="hf", hf_name=str(folder))], seq_len=L,
+                        cache_dir=str(tmp_path / "cache"), shard_docs=4)
+    stream = build_train_stream(config, tokenizer)
+    first = take(stream, 12)
+    store = stream.readers["hf"].store
+    tokens = all_tokens(store)  # the stream has now reached its end once
+    cycled = (tokens * 3)[:12 * L]
+    assert first == [cycled[i * L:(i + 1) * L] for i in range(12)]
+    rank1 = build_train_stream(config, tokenizer, rank=1, world_size=2)
+    assert take(rank1, 3) == first[1:6:2]
 
 
 def _positions(ids: list[int], eos: int) -> list[int]:
@@ -86,14 +109,14 @@ def test_sources_are_sampled_by_weight(two_sources, tokenizer):
 def test_set_weights_switches_the_mixture_immediately(two_sources, tokenizer):
     stream = build_train_stream(two_sources, tokenizer)
     take(stream, 10)
-    b_tokens = source_tokens(stream, "b", epochs=50)
     b_before = stream.counts["b"]
     stream.set_weights(phase_weights({"sources": [{"name": "b", "path": "x", "weight": 3.0}]}))
     assert stream.weights == {"a": 0.0, "b": 1.0}
     windows = take(stream, 30)
     assert stream.counts["b"] == b_before + 30
-    start = b_before * L  # b's cursor: every earlier b window was consecutive
-    assert windows == [b_tokens[start + i * L:start + (i + 1) * L] for i in range(30)]
+    two_sources.sources[0].weight = 0.0  # b alone: its window sequence, uninterrupted
+    b_alone = take(build_train_stream(two_sources, tokenizer), b_before + 30)
+    assert windows == b_alone[b_before:]
     stream.set_weights({"a": 1, "b": 1})
     assert stream.weights == {"a": 0.5, "b": 0.5}
     with pytest.raises(KeyError, match="unknown data source.*'web'"):
@@ -167,26 +190,24 @@ def test_resume_refuses_changed_data(two_sources, tokenizer, make_jsonl, make_do
         build_train_stream(two_sources, tokenizer).load_state_dict(state)
 
 
-def test_ranks_read_disjoint_interleaved_windows_and_share_one_state(two_sources, tokenizer):
-    single = take(build_train_stream(two_sources, tokenizer), 60)
+def test_ranks_read_disjoint_windows_and_share_one_state(two_sources, tokenizer):
     rank0 = build_train_stream(two_sources, tokenizer, rank=0, world_size=2)
     rank1 = build_train_stream(two_sources, tokenizer, rank=1, world_size=2)
     w0, w1 = take(rank0, 30), take(rank1, 30)
-    assert w0 != w1
     assert rank0.state_dict() == rank1.state_dict()  # rank 0's checkpoint restores every rank
-    # per source, rank r gets windows r, r + 2, r + 4, ... of that source's window sequence
-    for name in ("a", "b"):
-        tokens = source_tokens(rank0, name, epochs=40)
-        windows = [tokens[i * L:(i + 1) * L] for i in range(len(tokens) // L)]
-        mine0 = [w for w, s in zip(w0, _sources(rank0, 30), strict=True) if s == name]
-        mine1 = [w for w, s in zip(w1, _sources(rank1, 30), strict=True) if s == name]
-        assert mine0 == windows[0:2 * len(mine0):2]
-        assert mine1 == windows[1:2 * len(mine1):2]
-    assert len(single) == 60
-
-
-def _sources(stream, n: int) -> list[str]:
-    return [stream.draw_source(k) for k in range(n)]
+    a0, a1 = rank0.readers["a"], rank1.readers["a"]
+    assert a0.epoch == 0  # still inside the first epoch of 'a': no window may repeat
+    mine0 = [w for w, k in zip(w0, range(30), strict=True) if rank0.draw_source(k) == "a"]
+    mine1 = [w for w, k in zip(w1, range(30), strict=True) if rank1.draw_source(k) == "a"]
+    chunks = Counter(tuple(w) for w in epoch_chunks(a0, 0))  # (texts repeat: count them)
+    assert len(mine0) == len(mine1)
+    assert not Counter(tuple(w) for w in mine0 + mine1) - chunks  # disjoint windows of the epoch
+    # over a whole epoch the two ranks together read every window once (an odd one out dropped)
+    half = chunks.total() // 2
+    rest0 = [a0.next_window().tolist() for _ in range(half - len(mine0))]
+    rest1 = [a1.next_window().tolist() for _ in range(half - len(mine1))]
+    together = Counter(tuple(w) for w in mine0 + mine1 + rest0 + rest1)
+    assert not together - chunks and chunks.total() - together.total() == chunks.total() % 2
 
 
 def test_dataloader_batches_and_refuses_worker_processes(two_sources, tokenizer):

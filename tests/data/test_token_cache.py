@@ -46,7 +46,11 @@ def test_shards_hold_documents_with_eos_and_a_second_run_does_not_retokenize(
                                         for i in (0, 3, 6)]
     assert np.concatenate(shards).tolist() == expected_tokens(tokenizer, docs)
     assert shards[0].dtype == np.uint16
-    assert json.loads((store.dir / END_FILE).read_text()) == {"num_shards": 3, "num_docs": 7}
+    assert json.loads((store.dir / END_FILE).read_text()) == {
+        "num_shards": 3, "num_docs": 7, "shard_tokens": [len(s) for s in shards]}
+    assert store.num_tokens == sum(len(s) for s in shards)
+    assert store.read(len(shards[0]) - 2, 5).tolist() == np.concatenate(shards)[
+        len(shards[0]) - 2:len(shards[0]) + 3].tolist()  # a read across a shard boundary
     assert not list(store.dir.glob(".tmp-*"))  # atomic writes leave no temporary files
 
     again = TokenStore(source, new_tokenizer(), tmp_path / "cache", shard_docs=3)

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from wrinklefree.data.config import SourceConfig
 from wrinklefree.data.sources import is_streaming, iter_documents, source_identity
 
-CACHE_VERSION = 1
-END_FILE = "end.json"  # written once the source is exhausted: {"num_shards", "num_docs", ...}
+CACHE_VERSION = 2
+END_FILE = "end.json"  # written once the source is exhausted: shard count and sizes
+OPEN_SHARDS = 32  # memory maps kept open (each holds a file descriptor)
 log = logging.getLogger(__name__)
 
 
@@ -101,6 +102,8 @@ class TokenStore:
             _atomic_write(meta, lambda f: f.write(json.dumps(settings, indent=1).encode()))
         self._docs, self._next_doc = None, 0  # open document iterator and where it stands
         self._bar = None
+        self._starts: np.ndarray | None = None  # shard start offsets, once fully tokenised
+        self._maps: dict[int, np.ndarray] = {}  # open shard memory maps, oldest first
 
     @property
     def num_shards(self) -> int | None:
@@ -158,8 +161,51 @@ class TokenStore:
         return tokens
 
     def _write_end(self, num_shards: int, num_docs: int) -> None:
-        end = json.dumps({"num_shards": num_shards, "num_docs": num_docs}).encode()
-        _atomic_write(self.dir / END_FILE, lambda f: f.write(end))
+        paths = [self.shard_path(i) for i in range(num_shards)]
+        # a lazily read stream may not have built every shard; its reader never needs sizes
+        sizes = ([len(np.load(p, mmap_mode="r")) for p in paths]
+                 if all(p.is_file() for p in paths) else None)
+        end = {"num_shards": num_shards, "num_docs": num_docs, "shard_tokens": sizes}
+        _atomic_write(self.dir / END_FILE, lambda f: f.write(json.dumps(end).encode()))
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the whole source (EOS included); needs the source fully tokenised."""
+        return int(self._bounds()[-1])
+
+    def _bounds(self) -> np.ndarray:
+        """Where each shard starts in the concatenated token stream, (num_shards + 1,)."""
+        if self._starts is None:
+            end = self.dir / END_FILE
+            if not end.is_file():
+                raise RuntimeError(f"source '{self.source.name}' is not fully tokenised; "
+                                   "call prepare() first")
+            sizes = json.loads(end.read_text())["shard_tokens"]
+            if sizes is None:
+                raise RuntimeError(f"source '{self.source.name}' was streamed: no random access")
+            self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        return self._starts
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens ``[start, start + length)`` of the concatenated stream (across shards)."""
+        bounds = self._bounds()
+        if not 0 <= start and start + length <= bounds[-1]:
+            raise IndexError(f"tokens [{start}, {start + length}) outside 0..{bounds[-1]}")
+        i = int(np.searchsorted(bounds, start, side="right")) - 1
+        parts = []
+        while length > 0:
+            tokens = self._mapped(i)
+            part = tokens[start - bounds[i] : start - bounds[i] + length]
+            parts.append(part)
+            start, length, i = start + len(part), length - len(part), i + 1
+        return np.concatenate(parts)
+
+    def _mapped(self, i: int) -> np.ndarray:
+        if i not in self._maps:
+            if len(self._maps) >= OPEN_SHARDS:
+                self._maps.pop(next(iter(self._maps)))  # drop the oldest
+            self._maps[i] = np.load(self.shard_path(i), mmap_mode="r")
+        return self._maps[i]
 
     def tokenize(self, docs: list[str]) -> np.ndarray:
         """One batched tokenizer call; every document followed by EOS, as one flat array."""

@@ -76,7 +76,7 @@ class DataConfig:
     seq_len: int = 256
     cache_dir: str = "~/.cache/wrinklefree/tokens"
     seed: int = 0
-    shard_docs: int = 256  # documents per cached token shard (also the shuffling granularity)
+    shard_docs: int = 256  # documents per cached token shard
     remix: RemixConfig = field(default_factory=RemixConfig)
 
     def validate(self) -> None:

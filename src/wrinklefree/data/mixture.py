@@ -1,18 +1,17 @@
 """The training stream: packed windows sampled from several sources by weight, exactly resumable.
 
-Each source is one endless token stream (its cached shards, in a seeded random order per epoch;
-HF-streamed sources in stream order) cut into consecutive ``seq_len`` windows. For every window the
-stream draws a source by weight with a counter-based RNG: draw ``k`` uses
-``default_rng([seed, k])``, so the whole RNG state is the integer ``k``.
+Each source yields ``seq_len`` windows through its reader (``readers.py``: shuffled windows for
+local / ASV sources, stream order for HF sources). For every window the stream draws a source by
+weight with a counter-based RNG: draw ``k`` uses ``default_rng([seed, k])``, so the whole RNG state
+is the integer ``k``.
 
-DDP: ranks read *disjoint* windows. Window ``j`` of a source goes to rank ``j % world_size`` (every
-rank skips the windows of the others), and all ranks draw the same source sequence, so after any
-number of steps every rank's state is the same dict and rank 0's checkpoint restores all of them.
+DDP: ranks read *disjoint* windows (each reader hands position ``j`` of its window sequence to rank
+``j % world_size``), and all ranks draw the same source sequence, so after any number of steps every
+rank's state is the same dict and rank 0's checkpoint restores all of them.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from collections.abc import Iterator, Mapping
 
@@ -24,84 +23,10 @@ from wrinklefree.data.cache import TokenStore, eos_id, tokenizer_fingerprint
 from wrinklefree.data.config import DataConfig, as_data_config
 from wrinklefree.data.heldout import asv_split, token_windows
 from wrinklefree.data.packing import collate, make_window
+from wrinklefree.data.readers import ShuffledReader, StreamReader, make_reader
 
 STATE_VERSION = 1
 HISTORY_WINDOWS = 4096  # how far back state_dict(windows=...) can rewind
-
-
-class SourceReader:
-    """Reads one source's tokens window by window; its position is (epoch, index, offset)."""
-
-    def __init__(self, name: str, store: TokenStore, seq_len: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
-        self.name, self.store, self.seq_len, self.seed = name, store, seq_len, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = self.index = self.offset = 0  # epoch, position in its shard order, token
-        self._order: tuple[int, np.ndarray | None] = (-1, None)
-        self._loaded: tuple[tuple[int, int], np.ndarray | None] = ((-1, -1), None)
-
-    def next_window(self) -> np.ndarray:
-        """The next ``seq_len`` tokens for this rank, (L,): skip the other ranks' windows."""
-        self._skip(self.rank * self.seq_len)
-        window = self._take(self.seq_len)
-        self._skip((self.world_size - 1 - self.rank) * self.seq_len)
-        return window
-
-    def state(self) -> dict:
-        return {"key": self.store.key, "epoch": self.epoch, "index": self.index,
-                "offset": self.offset}
-
-    def load_state(self, state: dict) -> None:
-        if state["key"] != self.store.key:
-            raise ValueError(
-                f"source '{self.name}' changed since the checkpoint (token cache key "
-                f"{state['key']} -> {self.store.key}: files, tokenizer or shard_docs differ); "
-                "restore its old data or do not load the data state"
-            )
-        self.epoch, self.index, self.offset = state["epoch"], state["index"], state["offset"]
-
-    def _shard_order(self, epoch: int) -> np.ndarray | None:
-        """Shard order of an epoch: a seeded permutation, or None (stream order) when streaming."""
-        if self.store.streaming:
-            return None
-        if self._order[0] != epoch:
-            salt = zlib.crc32(self.name.encode())
-            rng = np.random.default_rng([self.seed, salt, epoch])
-            self._order = (epoch, rng.permutation(self.store.num_shards))
-        return self._order[1]
-
-    def _current(self) -> np.ndarray:
-        """The shard under the cursor, moving to the next epoch at the end of one."""
-        while True:
-            if self._loaded[0] == (self.epoch, self.index):
-                return self._loaded[1]
-            order = self._shard_order(self.epoch)
-            at_end = order is not None and self.index >= len(order)
-            tokens = None if at_end else self.store.shard(
-                self.index if order is None else int(order[self.index]))
-            if tokens is None:
-                if self.index == 0:
-                    raise ValueError(f"source '{self.name}' has no documents")
-                self.epoch, self.index, self.offset = self.epoch + 1, 0, 0
-                continue
-            self._loaded = ((self.epoch, self.index), tokens)
-            return tokens
-
-    def _take(self, n: int) -> np.ndarray:
-        parts = []
-        while n > 0:
-            tokens = self._current()
-            part = tokens[self.offset : self.offset + n]
-            parts.append(part)
-            n -= len(part)
-            self.offset += len(part)
-            if self.offset >= len(tokens):
-                self.index, self.offset = self.index + 1, 0
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-    def _skip(self, n: int) -> None:
-        if n > 0:
-            self._take(n)
 
 
 class MixtureStream(IterableDataset):
@@ -111,8 +36,8 @@ class MixtureStream(IterableDataset):
     object, which is what makes :meth:`state_dict` / :meth:`load_state_dict` exact.
     """
 
-    def __init__(self, readers: dict[str, SourceReader], weights: Mapping[str, float], eos: int,
-                 seed: int = 0):
+    def __init__(self, readers: dict[str, ShuffledReader | StreamReader],
+                 weights: Mapping[str, float], eos: int, seed: int = 0):
         super().__init__()
         self.readers, self.eos, self.seed = readers, eos, seed
         self.names = list(readers)
@@ -142,7 +67,10 @@ class MixtureStream(IterableDataset):
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """Switch the mixture from the next window on. Sources left out get weight 0; the rest
         are normalised to sum to 1."""
-        self._weights = self._normalised(weights)
+        self._use_weights(self._normalised(weights))
+
+    def _use_weights(self, normalised: np.ndarray) -> None:
+        self._weights = normalised
         self._journal.append([self.windows, "weights", self.weights])
 
     def draw_source(self, k: int) -> str:
@@ -211,6 +139,8 @@ class MixtureStream(IterableDataset):
         return {"version": STATE_VERSION, "seed": self.seed, **state, "pending": pending}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data state version {state.get('version')} is not {STATE_VERSION}")
         if set(state["sources"]) != set(self.names):
             raise ValueError(
                 f"checkpoint data sources {sorted(state['sources'])} differ from this stream's "
@@ -220,7 +150,7 @@ class MixtureStream(IterableDataset):
             reader.load_state(state["sources"][name])
         self.seed, self.windows = state["seed"], state["windows"]
         self.counts = dict(state["counts"])
-        self._weights = self._normalised(state["weights"])
+        self._weights = _stored(state["weights"], self.names)
         self._pending = [list(e) for e in state.get("pending", [])]
         self._snapshots.clear()
         self._journal.clear()
@@ -231,9 +161,14 @@ class MixtureStream(IterableDataset):
         while self._pending and self._pending[0][0] <= self.windows:
             _, kind, arg = self._pending.pop(0)
             if kind == "weights":
-                self.set_weights(arg)
+                self._use_weights(_stored(arg, self.names))
             else:
                 self.source_batch(*arg)
+
+
+def _stored(weights: Mapping[str, float], names: list[str]) -> np.ndarray:
+    """Already-normalised weights from a state dict, bit for bit (no renormalisation)."""
+    return np.array([float(weights.get(n, 0.0)) for n in names])
 
 
 def build_train_stream(config: DataConfig, tokenizer, rank: int = 0,
@@ -254,7 +189,7 @@ def build_train_stream(config: DataConfig, tokenizer, rank: int = 0,
         store = TokenStore(source, tokenizer, config.cache_path, config.shard_docs, fingerprint)
         if not store.streaming and store.prepare() == 0:
             raise ValueError(f"source '{source.name}' has no documents")
-        readers[source.name] = SourceReader(
+        readers[source.name] = make_reader(
             source.name, store, config.seq_len, config.seed, rank, world_size)
     weights = {s.name: s.weight for s in config.sources}
     return MixtureStream(readers, weights, eos_id(tokenizer), config.seed)

@@ -2,8 +2,9 @@
 
 Hydra composes the YAML files under ``configs/``; :func:`validate` merges the result into these
 dataclasses, so a mistyped key or a value of the wrong type is an error that names the key.
-``objectives`` and ``curriculum`` are checked by :func:`wrinklefree.objectives.create_objective_manager`
-and ``data`` by :class:`wrinklefree.data.config.DataConfig`.
+``objectives`` and ``curriculum`` are checked by
+:func:`wrinklefree.objectives.create_objective_manager` and ``data`` by
+:class:`wrinklefree.data.config.DataConfig`.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class TrainConfig:
     data: dict[str, Any] = field(default_factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     objectives: dict[str, Any] = field(default_factory=dict)
-    curriculum: dict[str, Any] | None = None
+    curriculum: dict[str, Any] = field(default_factory=dict)  # {} = fixed objective weights
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -119,8 +120,8 @@ def validate(config: DictConfig | dict) -> DictConfig:
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ValueError(f"bad training config at '{key}': {err.msg if hasattr(err, 'msg') else err}"
-                         ) from err
+        message = getattr(err, "msg", None) or str(err)
+        raise ValueError(f"bad training config at '{key}': {message}") from err
     return merged
 
 

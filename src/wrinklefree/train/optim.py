@@ -57,7 +57,8 @@ def _is_hidden_matrix(name: str, param: nn.Parameter, model: nn.Module) -> bool:
 def build_optimizer(
     model: nn.Module, name: str, lr: float, weight_decay: float, betas: Iterable[float]
 ) -> torch.optim.Optimizer:
-    """``adamw`` or ``muon`` (Muon for hidden matrices + AdamW for the rest) over trainable params."""
+    """``adamw``, or ``muon`` (Muon for hidden matrices + AdamW for the rest), over trainable
+    parameters."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("the model has no trainable parameters")

@@ -7,17 +7,29 @@ from pathlib import Path
 
 
 def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every logged metric of a run as (step, value) pairs, from Lightning's CSV log."""
-    path = Path(run_dir) / "logs" / "metrics.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a `wf train` run folder?")
+    """Every logged metric of a run as (step, value) pairs, from Lightning's CSV logs.
+
+    Each launch of a run (the first, then every resume) writes its own ``logs/part-NN``; a later
+    part replaces what earlier parts logged from its first step on (steps after the checkpoint
+    a crashed run resumed from are trained again).
+    """
+    parts = sorted((Path(run_dir) / "logs").glob("part-*/metrics.csv"))
+    if not parts:
+        raise FileNotFoundError(f"no logs/part-*/metrics.csv in {run_dir}: is it a `wf train` "
+                                "run folder?")
+    rows: list[dict[str, str]] = []
+    for path in parts:
+        with path.open() as f:
+            new = [r for r in csv.DictReader(f) if r.get("step") not in ("", None)]
+        if new:
+            first = min(int(float(r["step"])) for r in new)
+            rows = [r for r in rows if int(float(r["step"])) < first] + new
     series: dict[str, list[tuple[int, float]]] = {}
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            step = int(float(row.get("step") or 0))
-            for key, value in row.items():
-                if key != "step" and value not in ("", None):
-                    series.setdefault(key, []).append((step, float(value)))
+    for row in rows:
+        step = int(float(row["step"]))
+        for key, value in row.items():
+            if key != "step" and value not in ("", None):
+                series.setdefault(key, []).append((step, float(value)))
     return series
 
 

@@ -6,7 +6,6 @@ Lightning Trainer -> checkpoints -> ``<run_dir>/final`` (a ``load_bitnet`` folde
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -36,12 +35,6 @@ log = logging.getLogger("wrinklefree.train")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _rank_and_world(cfg: DictConfig) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    return rank, world
-
-
 def build_student(cfg: DictConfig, tokenizer) -> torch.nn.Module:
     """Load the source and convert it (unless it already is a BitNet checkpoint)."""
     from wrinklefree.convert import bitnet_config_of
@@ -68,7 +61,8 @@ def build_student(cfg: DictConfig, tokenizer) -> torch.nn.Module:
 def apply_trainer_options(student: torch.nn.Module, cfg: DictConfig) -> None:
     """Activation checkpointing and torch.compile, both in place (parameter names unchanged)."""
     if cfg.trainer.activation_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        student.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.trainer.compile:
         student.compile()
 
@@ -80,8 +74,6 @@ def build_teacher(cfg: DictConfig, tokenizer) -> Teacher | None:
     path = cfg.model.source if source == "source" else source
     model = load_model(path, dtype=DTYPES[cfg.model.dtype])
     teacher_tokenizer = load_tokenizer(path)
-    if cfg.model.dlm:  # the teacher never sees the mask token, but vocabularies must line up
-        add_mask_token(copy.deepcopy(teacher_tokenizer), model)
     return Teacher(model, tokenizer=teacher_tokenizer, student_tokenizer=tokenizer)
 
 
@@ -99,7 +91,9 @@ def total_steps_of(cfg: DictConfig, world: int) -> int:
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    loggers: list = [CSVLogger(run_dir, name="logs", version="")]
+    # one CSV part per launch: a resumed run appends a part instead of overwriting the log
+    part = f"part-{len(list((run_dir / 'logs').glob('part-*'))):02d}"
+    loggers: list = [CSVLogger(run_dir, name="logs", version=part, flush_logs_every_n_steps=1)]
     if cfg.logging.tensorboard:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     if cfg.logging.wandb:
@@ -161,7 +155,6 @@ def _evaluate(model, tokenizer, cfg: DictConfig, windows: torch.Tensor) -> dict[
 def train(config: DictConfig | dict) -> Path:
     """Run the training described by ``config``; returns the run folder."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
     cfg = validate(config)
     run_dir = Path(cfg.run_dir).expanduser()
@@ -169,12 +162,14 @@ def train(config: DictConfig | dict) -> Path:
     plain = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
-    rank, world = _rank_and_world(cfg)
+    trainer = _build_trainer(cfg, run_dir)  # first: it knows this process's rank and the world
+    rank, world = trainer.global_rank, trainer.world_size
 
     tokenizer = load_tokenizer(cfg.model.source)
     student = build_student(cfg, tokenizer)
     teacher = build_teacher(cfg, tokenizer)
     total_steps = total_steps_of(cfg, world)
+    trainer.fit_loop.epoch_loop.max_steps = total_steps  # known only now (max_tokens, world)
     manager = create_objective_manager(
         {"objectives": cfg.objectives, "curriculum": cfg.curriculum}, total_steps,
         tokenizer=tokenizer)
@@ -183,10 +178,12 @@ def train(config: DictConfig | dict) -> Path:
     val = build_val_windows(tokenizer, data_cfg.seq_len, cfg.training.val_windows)
     remixer = None
     if data_cfg.remix.enabled:
-        probe = collate(build_val_windows(tokenizer, data_cfg.seq_len, data_cfg.remix.probe_windows))
+        probe_windows = data_cfg.remix.probe_windows
+        probe = collate(build_val_windows(tokenizer, data_cfg.seq_len, probe_windows))
         remixer = InfluenceRemixer(stream, probe, data_cfg.remix)
 
-    report: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps}
+    report: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps,
+                              "world_size": world}
     eval_windows = heldout_windows(tokenizer, data_cfg.seq_len, cfg.training.val_windows)
     resume = _resume_path(cfg, run_dir)
     if cfg.training.eval_before and resume is None and rank == 0:
@@ -203,35 +200,53 @@ def train(config: DictConfig | dict) -> Path:
     tokens_per_step = cfg.training.batch_size * cfg.training.grad_accum * data_cfg.seq_len
     module = BitNetModule(student, manager, teacher, stream, cfg.training, total_steps,
                           tokens_per_step, remixer)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="step-{step}", monitor="step", mode="max",
-        save_top_k=cfg.training.keep_last, every_n_train_steps=cfg.training.checkpoint_every,
-        save_last=True, auto_insert_metric_name=False)
-    callbacks = [checkpoint]
-    if cfg.logging.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes, strategy=_strategy(cfg), precision=cfg.trainer.precision,
-        max_steps=total_steps, accumulate_grad_batches=cfg.training.grad_accum,
-        val_check_interval=cfg.training.val_every, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, limit_val_batches=None, logger=_loggers(cfg, run_dir),
-        callbacks=callbacks, enable_progress_bar=cfg.logging.progress_bar,
-        log_every_n_steps=1, default_root_dir=run_dir, use_distributed_sampler=False,
-        enable_model_summary=False,
-    )
+    # a private generator: creating the loader's iterator must not draw from the global RNG,
+    # or a resumed run would mask DLM batches differently from an uninterrupted one
     train_loader = torch.utils.data.DataLoader(StreamBatches(stream, cfg.training.batch_size),
-                                               batch_size=None, num_workers=0)
+                                               batch_size=None, num_workers=0,
+                                               generator=torch.Generator())
     val_loader = torch.utils.data.DataLoader(val, batch_size=cfg.training.batch_size,
                                              collate_fn=collate)
     student.train()
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
-    if trainer.checkpoint_callback is not None and total_steps % cfg.training.checkpoint_every:
+    if total_steps % cfg.training.checkpoint_every:
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-
+    if world > 1:
+        report["ddp_weight_checksums"] = _rank_checksums(trainer, student)
     if trainer.is_global_zero:
         _finish(run_dir, student, tokenizer, cfg, eval_windows, report)
     return run_dir
+
+
+def _build_trainer(cfg: DictConfig, run_dir: Path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step-{step}", monitor="step", mode="max",
+        save_top_k=cfg.training.keep_last, every_n_train_steps=cfg.training.checkpoint_every,
+        save_last=True, auto_insert_metric_name=False)
+    callbacks: list = [checkpoint]
+    if cfg.logging.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes, strategy=_strategy(cfg), precision=cfg.trainer.precision,
+        max_steps=-1, accumulate_grad_batches=cfg.training.grad_accum,
+        val_check_interval=cfg.training.val_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=_loggers(cfg, run_dir), callbacks=callbacks,
+        enable_progress_bar=cfg.logging.progress_bar, log_every_n_steps=1,
+        default_root_dir=run_dir, use_distributed_sampler=False, enable_model_summary=False,
+    )
+
+
+@torch.no_grad()
+def _rank_checksums(trainer, student) -> list[float]:
+    """Sum of all student weights on every rank (DDP keeps replicas identical; this shows it)."""
+    local = torch.tensor([sum(float(p.double().sum()) for p in student.parameters())],
+                         dtype=torch.float64)
+    gathered = trainer.strategy.all_gather(local.to(trainer.strategy.root_device))
+    return [float(x) for x in gathered.flatten().cpu()]
 
 
 def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig, eval_windows: torch.Tensor,

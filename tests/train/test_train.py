@@ -1,0 +1,145 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wrinklefree.convert import load_bitnet
+from wrinklefree.train import run as train_run
+from wrinklefree.train.module import BitNetModule
+from wrinklefree.train.plot import read_metrics
+
+
+def losses_by_step(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    return dict(read_metrics(run_dir)[key])
+
+
+DLM_CURRICULUM = [
+    "training=dlm_distill",
+    "model.attn_implementation=eager",
+    "training.max_steps=6",
+    "training.checkpoint_every=1",
+    "training.keep_last=1",
+    "training.warmup_steps=0",
+    "training.quant_lambda.warmup_steps=3",
+    "objectives.block_attention_distill.block_size=8",
+    "objectives.tcs.top_k=8",
+]
+
+
+def test_resume_after_crash_reproduces_the_loss_curve(tiny_config, tmp_path, monkeypatch):
+    straight = train_run.train(tiny_config(*DLM_CURRICULUM, f"run_dir={tmp_path / 'straight'}"))
+    expected = losses_by_step(straight)
+    assert len(expected) == 6
+
+    original = BitNetModule.training_step
+
+    def crash_at_step_3(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    crashed_dir = tmp_path / "crashed"
+    monkeypatch.setattr(BitNetModule, "training_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run.train(tiny_config(*DLM_CURRICULUM, f"run_dir={crashed_dir}"))
+    monkeypatch.setattr(BitNetModule, "training_step", original)
+    assert (crashed_dir / "checkpoints" / "last.ckpt").is_file()
+    train_run.train(tiny_config(*DLM_CURRICULUM, f"run_dir={crashed_dir}", "resume=auto"))
+    resumed = losses_by_step(crashed_dir)
+    assert sorted(resumed) == sorted(expected)
+    for step, loss in expected.items():
+        assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    # the curriculum switched objectives at the same step in both runs
+    assert losses_by_step(crashed_dir, "train/weight/dlm") == losses_by_step(
+        straight, "train/weight/dlm")
+
+
+def test_stage1_convert_only_writes_a_loadable_model(tiny_config):
+    run_dir = train_run.train(tiny_config("training=stage1_subln"))
+    model = load_bitnet(run_dir / "final")
+    assert model.config.bitnet["insert_subln"] is True
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "report.json").is_file()
+
+
+def test_curriculum_phase_switches_the_data_mixture(tiny_config, text_files):
+    run_dir = train_run.train(tiny_config(
+        f"data.sources=[{{name: words, path: '{text_files['words']}', weight: 1.0}}, "
+        f"{{name: digits, path: '{text_files['digits']}', weight: 0.0}}]",
+        "training.max_steps=4",
+        "training.checkpoint_every=10",
+        "+curriculum.phases=[{name: a, end_ratio: 0.5, objective_weights: {continue_pretrain: 1.0},"
+        " data_config: {words: 1.0}}, {name: b, end_ratio: 1.0, objective_weights: "
+        "{continue_pretrain: 1.0}, data_config: {digits: 1.0}}]",
+    ))
+    digits = losses_by_step(run_dir, "data/digits")
+    assert digits[0] == 0.0 and digits[3] == 1.0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["trained"]["perplexity"] > 0
+    assert (run_dir / "loss.png").is_file()
+
+
+def test_unknown_and_mistyped_keys_are_named(tiny_config):
+    with pytest.raises(ValueError, match="max_stpes"):
+        tiny_config("training.max_stpes=3")
+    with pytest.raises(ValueError, match="max_steps"):
+        tiny_config("training.max_steps=many")
+
+
+def test_unknown_objective_is_named(tiny_config):
+    config = tiny_config("+objectives.telepathy.weight=1.0", "training.max_steps=1")
+    with pytest.raises(ValueError, match="telepathy"):
+        train_run.train(config)
+
+
+def test_secrets_never_reach_the_run_folder(tiny_config, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "supersecret-key-123")
+    monkeypatch.setenv("HF_TOKEN", "hf_supersecret456")
+    run_dir = train_run.train(tiny_config("training=stage1_subln"))
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            data = path.read_bytes()
+            assert b"supersecret" not in data, path
+    from wrinklefree.train.config import scrub_secrets
+
+    scrubbed = scrub_secrets({"a": {"HF_TOKEN": "hf_secret", "max_tokens": 5}})
+    assert scrubbed == {"a": {"HF_TOKEN": "***", "max_tokens": 5}}
+
+
+def test_wandb_requested_but_unavailable_falls_back(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.warns(UserWarning, match="wandb package is not installed"):
+        assert train_run.wandb_logger_or_none("p", tmp_path) is None
+
+
+def test_ddp_on_cpu_keeps_ranks_identical(tiny_source, text_files, tmp_path):
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "wrinklefree.cli", "train", "trainer=ddp", "trainer.accelerator=cpu",
+        "trainer.devices=2", "trainer.precision=32-true", f"model.source={tiny_source}",
+        f"data.sources=[{{name: words, path: '{text_files['words']}'}}]",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.seq_len=32", "model.calibration_batches=1",
+        "training.batch_size=2", "training.max_steps=3", "training.val_windows=2",
+        "training.val_every=1000", "training.sample_tokens=4", "training.eval_before=false",
+        "logging.progress_bar=false", "logging.tensorboard=false", f"run_dir={run_dir}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["world_size"] == 2
+    first, second = report["ddp_weight_checksums"]
+    assert first == second
+    assert torch.isfinite(torch.tensor(report["trained"]["perplexity"]))
