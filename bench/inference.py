@@ -140,15 +140,15 @@ def llamacpp_rows(model, tokenizer, ids: torch.Tensor, new_tokens: int, threads:
 
 def print_table(rows: list[dict]) -> None:
     def fmt(value, spec):
-        return "-" if value is None else format(value, spec)
+        return f"{'-':>{spec.split('.')[0]}}" if value is None else format(value, spec)
 
-    header = f"{'':<34}{'prompt tok/s':>13}{'decode tok/s':>13}{'tok/fwd':>8}"
+    header = f"{'':<44}{'prompt tok/s':>13}{'decode tok/s':>13}{'tok/fwd':>8}"
     print(header + f"{'weights MB':>11}{'linear MB':>10}  note")
     for r in rows:
         if "decode_tok_s" not in r:
-            print(f"{r['name']:<34}{'':>55}  {r['note']}")
+            print(f"{r['name']:<44}{'':>55}  {r['note']}")
             continue
-        print(f"{r['name']:<34}{fmt(r['prompt_tok_s'], '13.1f')}{fmt(r['decode_tok_s'], '13.1f')}"
+        print(f"{r['name']:<44}{fmt(r['prompt_tok_s'], '13.1f')}{fmt(r['decode_tok_s'], '13.2f')}"
               f"{fmt(r['tokens_per_forward'], '8.2f')}{fmt(r['weights_MB'], '11.1f')}"
               f"{fmt(r['linear_MB'], '10.1f')}  {r.get('note', '')}")
 

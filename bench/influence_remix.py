@@ -1,9 +1,9 @@
 """Does influence-based remixing help? A tiny, honest check on CPU (about two minutes).
 
 Two sources: the ASV train split and "noise" (ASV documents with their words shuffled: the same
-unigram statistics, no syntax). The probe set is 8 held-out ASV windows; the held-out loss is
-measured on 32 *other* held-out ASV windows. A tiny Llama (2 layers, hidden 64, 512-token BPE)
-is trained the same number of steps with:
+unigram statistics, no syntax). The held-out loss is measured on the first 32 held-out ASV windows;
+the remixer's probe set is the next 8, so the probe never scores the result. A tiny Llama
+(2 layers, hidden 64, 512-token BPE) is trained the same number of steps with:
 
 - fixed:    the mixture stays 50 / 50,
 - remix:    starts 50 / 50, influence remixing every ``--every`` steps (bounds [0.05, 0.95]),
@@ -34,6 +34,7 @@ from wrinklefree.data import (
     RemixConfig,
     SourceConfig,
     asv_split,
+    build_probe_batch,
     build_train_stream,
     build_val_windows,
     collate,
@@ -128,7 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=25, help="remix every N steps")
-    parser.add_argument("--eta", type=float, default=2.0, help="remix step size")
+    parser.add_argument("--eta", type=float, default=RemixConfig().step_size,
+                        help="remix step size (default: the library default)")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -146,8 +148,8 @@ def main() -> None:
     t0 = time.perf_counter()
     build_train_stream(config, tokenizer)  # tokenise both sources once, outside the timings
     tokenise_s = time.perf_counter() - t0
-    val = build_val_windows(tokenizer, SEQ_LEN, num_windows=40)
-    probe, evalset = collate(val[:8]), collate(val[8:])  # the probe never scores the result
+    evalset = collate(build_val_windows(tokenizer, SEQ_LEN, num_windows=32))
+    probe = build_probe_batch(tokenizer, SEQ_LEN, RemixConfig(probe_windows=8), skip=32)
 
     try:
         results = [run(mode, seed, args, config, tokenizer, probe, evalset)

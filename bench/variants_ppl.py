@@ -1,10 +1,13 @@
-"""Held-out perplexity of SmolLM2-135M under each quantization variant, with no training.
+"""Held-out perplexity of SmolLM2-135M after conversion (SubLN, variants), with no training.
 
-    .venv/bin/python bench/variants_ppl.py [--windows 8] [--seq-len 256] [--json out.json]
+    .venv/bin/python bench/variants_ppl.py [--windows 8] [--seq-len 256] [--only NAME ...]
+                                           [--json out.json]
 
-Every variant is converted from the same fp32 model with ``insert_subln=False`` (an uncalibrated
-SubLN alone destroys the model, see /work/shared/README.md) and quantization fully on
-(lambda = 1, ternary weights, int8 activations). Prints a table and the same numbers as JSON.
+Every row is converted from the same fp32 model. The SubLN rows show what inserting the norm does
+by itself (lambda = 0: no quantization) with unit gains and with gains calibrated on 4 batches of
+ASV training text. The variant rows use ``insert_subln=False`` (so the norm does not hide the
+variant) and quantization fully on (lambda = 1, ternary weights, int8 activations).
+Prints a table and the same numbers as JSON.
 ``weight_err`` is the mean over converted layers of ||W - W_hat||_F / ||W||_F, W_hat the
 effective weight (Q(W), plus U·Vᵀ for LRC), in each layer's own (possibly rotated) basis.
 """
@@ -19,13 +22,16 @@ import time
 import torch
 
 from wrinklefree.convert import convert_model_to_bitnet
-from wrinklefree.data.heldout import heldout_windows
+from wrinklefree.data.heldout import calibration_batches, heldout_windows
 from wrinklefree.eval.perplexity import perplexity
 from wrinklefree.models import load_model, load_tokenizer
 from wrinklefree.nn import BitLinear, BitLinearLRC
 
 VARIANTS: dict[str, dict | None] = {
     "full precision": None,
+    "subln (gain 1), no quant": {"insert_subln": True, "quant_lambda": 0.0},
+    "subln (calibrated), no quant": {"insert_subln": True, "quant_lambda": 0.0, "calibrate": True},
+    "ternary + subln (calibrated)": {"insert_subln": True, "calibrate": True},
     "ternary": {},
     "ternary + haar": {"weight_quant": "haar"},
     "ternary + hadamard": {"hadamard": True},
@@ -67,19 +73,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), metavar="NAME",
+                        help=f"rows to run (default all): {list(VARIANTS)}")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
 
     tokenizer = load_tokenizer("smollm2")
     source = load_model("smollm2")
     windows = heldout_windows(tokenizer, args.seq_len, args.windows)
+    calibration = calibration_batches(tokenizer, num_batches=4)
     results = []
-    for name, options in VARIANTS.items():
+    for name in args.only or list(VARIANTS):
+        options = None if VARIANTS[name] is None else dict(VARIANTS[name])
         start = time.perf_counter()
         model = copy.deepcopy(source)
         row: dict = {"variant": name}
         if options is not None:
-            model = convert_model_to_bitnet(model, insert_subln=False, **options)
+            batches = calibration if options.pop("calibrate", False) else None
+            options = {"insert_subln": False, **options}
+            model = convert_model_to_bitnet(model, calibration_batches=batches, **options)
             row["weight_err"] = weight_error(model)
         row["convert_s"] = time.perf_counter() - start
         row["ppl"] = perplexity(model, windows)

@@ -137,3 +137,12 @@ def test_a_source_identical_to_the_probe_scores_one():
                                        probe, influence_params(model))
     assert scores["same"] == pytest.approx(1.0, abs=1e-5)
     assert scores["other"] < 0.99
+
+
+def test_probe_batch_follows_the_validation_windows(tokenizer):
+    from wrinklefree.data import build_probe_batch
+
+    val = collate(build_val_windows(tokenizer, seq_len=16, num_windows=5))
+    probe = build_probe_batch(tokenizer, 16, RemixConfig(probe_windows=2), skip=3)
+    assert torch.equal(probe["input_ids"], val["input_ids"][3:])
+    assert torch.equal(probe["position_ids"], val["position_ids"][3:])

@@ -28,7 +28,8 @@ def test_absmean_per_channel_hand_values():
     # row scales: (0.4 + 1.2) / 2 = 0.8 ; (0.05 + 2.0) / 2 = 1.025
     scale = absmean_scale(w, per_channel=True)
     assert torch.allclose(scale, torch.tensor([[0.8], [1.025]]))
-    # row 0: [0.5, -1.5] -> round half to even: [0, -2] -> clip [0, -1]; row 1: [0.049, 1.95] -> [0, 1]
+    # row 0: [0.5, -1.5] -> round half to even [0, -2] -> clip [0, -1]
+    # row 1: [0.049, 1.95] -> [0, 1]
     expected = torch.tensor([[0.0, -0.8], [0.0, 1.025]])
     assert torch.allclose(ternary_weight_quant(w, per_channel=True), expected)
 

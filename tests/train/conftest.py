@@ -32,7 +32,8 @@ def text_files(tmp_path_factory):
     """Two small local sources: plain English sentences and digit strings."""
     folder = tmp_path_factory.mktemp("text")
     words = (folder / "words.txt")
-    words.write_text("\n\n".join(f"The {i}th shepherd fed his flock by the river." for i in range(300)))
+    words.write_text("\n\n".join(f"The {i}th shepherd fed his flock by the river."
+                                 for i in range(300)))
     digits = (folder / "digits.txt")
     digits.write_text("\n\n".join(" ".join(str((i * 7 + j) % 10) for j in range(20))
                                   for i in range(300)))

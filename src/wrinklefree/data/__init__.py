@@ -8,6 +8,7 @@ from wrinklefree.data.config import DataConfig, RemixConfig, SourceConfig, as_da
 from wrinklefree.data.heldout import asv_split, calibration_batches, heldout_windows
 from wrinklefree.data.influence import (
     InfluenceRemixer,
+    build_probe_batch,
     estimate_source_influence,
     influence_params,
     remix_weights,
@@ -24,7 +25,8 @@ __all__ = [
     "DataConfig", "RemixConfig", "SourceConfig", "as_data_config",
     "TokenStore", "tokenizer_fingerprint",
     "asv_split", "calibration_batches", "heldout_windows",
-    "InfluenceRemixer", "estimate_source_influence", "influence_params", "remix_weights",
+    "InfluenceRemixer", "build_probe_batch", "estimate_source_influence", "influence_params",
+    "remix_weights",
     "MixtureStream", "build_train_stream", "build_val_windows", "phase_weights",
     "collate", "make_window", "packed_position_ids",
 ]  # fmt: skip

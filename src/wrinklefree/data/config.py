@@ -64,7 +64,7 @@ class RemixConfig:
     min_weight: float = 0.05
     max_weight: float = 0.95
     windows_per_source: int = 4  # windows drawn from each source to estimate its gradient
-    probe_windows: int = 8  # held-out ASV windows whose loss the mixture should reduce
+    probe_windows: int = 8  # held-out ASV windows whose loss it should reduce (build_probe_batch)
     params: str = "last_layer"  # cheap parameter subset: last_layer | norms
 
 

@@ -13,8 +13,7 @@ Update. Exponentiated gradient / multiplicative weights as in DoGE's and DoReMi'
 2305.10429) Algorithm 1, ``u_i = w_i * exp(eta * s_i)``, followed by the KL (Bregman)
 projection onto ``{sum_i w_i = 1, min_weight <= w_i <= max_weight}``, which is
 ``w_i = clip(t * u_i, min, max)`` with the scalar ``t`` that makes the weights sum to 1 (found by
-bisection). Sources at weight 0
-(switched off by a curriculum phase) stay at 0.
+bisection). Sources at weight 0 (switched off by a curriculum phase) stay at 0.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wrinklefree.data.config import RemixConfig
+from wrinklefree.data.packing import collate
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -52,6 +52,8 @@ def influence_params(model: nn.Module, which: str = "last_layer") -> list[nn.Par
         chosen = [p for n, p in named if "norm" in n]
     elif which == "last_layer":
         lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+        depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        lists = [item for item in lists if len(item[1]) == depth] or lists  # the decoder layers
         if not lists:
             raise ValueError("model has no nn.ModuleList of layers; use which='norms'")
         list_name, layers = max(lists, key=lambda item: len(item[1]))
@@ -134,6 +136,15 @@ def remix_weights(weights: Mapping[str, float], scores: Mapping[str, float], ste
     new = {a: min(max(hi * u[a], min_weight), max_weight) for a in active}
     norm = sum(new.values())
     return {name: new[name] / norm if name in new else 0.0 for name in weights}
+
+
+def build_probe_batch(tokenizer, seq_len: int, config: RemixConfig,
+                      skip: int = 0) -> dict[str, torch.Tensor]:
+    """The probe set: ``config.probe_windows`` held-out ASV windows after the first ``skip``
+    (pass the number of validation windows, so the probe never overlaps what is reported)."""
+    from wrinklefree.data.mixture import build_val_windows
+
+    return collate(build_val_windows(tokenizer, seq_len, skip + config.probe_windows)[skip:])
 
 
 def _mean_over_ranks(scores: dict[str, float]) -> dict[str, float]:

@@ -7,7 +7,9 @@ import torch.nn as nn
 
 
 class SubLN(nn.Module):
-    """RMSNorm y = x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019, Eq. 4; BitDistill Sec. 3.1).
+    """RMSNorm y = x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019, Eq. 4).
+
+    BitDistill (arXiv 2510.13998, Sec. 3.1) inserts it before o_proj and down_proj.
 
     Computed in float32 and cast back, like the decoders' own RMSNorm.
     """

@@ -29,7 +29,8 @@ class LambdaWarmup:
     def __post_init__(self) -> None:
         if self.shape not in ("linear", "cosine", "sigmoid", "constant"):
             raise ValueError(
-                f"unknown lambda warm-up shape '{self.shape}'; use linear, cosine, sigmoid or constant"
+                f"unknown lambda warm-up shape '{self.shape}'; "
+                "use linear, cosine, sigmoid or constant"
             )
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")

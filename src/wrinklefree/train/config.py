@@ -18,22 +18,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 
 @dataclass
-class LRCConfig:
-    rank: float | None = None  # fraction of min(in, out) if < 1, else absolute; None = no LRC
-    init: str = "svd_residual"
-    freeze_base: bool = True  # train only the low-rank factors (LRC calibration)
-
-
-@dataclass
 class ModelConfig:
     source: str = "smollm2"  # 'smollm2', a .gguf file, a HF folder or hub id, a BitNet checkpoint
     dtype: str = "float32"
     attn_implementation: str | None = None  # None = the model's default (sdpa)
-    convert: dict[str, Any] = field(default_factory=dict)  # BitNetConfig overrides
+    convert: dict[str, Any] = field(default_factory=dict)  # BitNetConfig fields (lrc_rank, ...)
     calibration_batches: int = 4  # SubLN calibration on ASV train windows (0 = unit gains)
     teacher: str | None = "source"  # 'source' = full-precision copy of the source; a path; None
     dlm: bool = False  # add the <|mask|> token (needed by the DLM / TCS objectives)
-    lrc: LRCConfig = field(default_factory=LRCConfig)
+    train_only_lrc: bool = False  # freeze everything but the LRC factors (LRC calibration)
 
 
 @dataclass

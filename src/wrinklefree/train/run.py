@@ -41,18 +41,24 @@ def build_student(cfg: DictConfig, tokenizer) -> torch.nn.Module:
 
     m = cfg.model
     student = load_model(m.source, dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation)
-    if bitnet_config_of(student) is None:
-        options = OmegaConf.to_container(m.convert, resolve=True)
+    options = OmegaConf.to_container(m.convert, resolve=True)
+    recorded = bitnet_config_of(student)
+    if recorded is None:
         batches = None
         if options.get("insert_subln", True) and m.calibration_batches > 0:
             batches = calibration_batches(tokenizer, m.calibration_batches)
         convert_model_to_bitnet(student, calibration_batches=batches, **options)
-    if m.lrc.rank is not None:
-        from wrinklefree.nn.lrc import convert_bitlinear_to_lrc, freeze_model_except_lrc
+    elif options.get("lrc_rank") is not None and recorded.lrc_rank is None:
+        # an already converted checkpoint (e.g. after stage 2) gets its low-rank corrections now
+        from wrinklefree.nn.lrc import convert_bitlinear_to_lrc
 
-        convert_bitlinear_to_lrc(student, rank=m.lrc.rank, init=m.lrc.init)
-        if m.lrc.freeze_base:
-            freeze_model_except_lrc(student)
+        rank, init = options["lrc_rank"], options.get("lrc_init", "svd_residual")
+        convert_bitlinear_to_lrc(student, rank, init)
+        student.config.bitnet = {**student.config.bitnet, "lrc_rank": rank, "lrc_init": init}
+    if m.train_only_lrc:
+        from wrinklefree.nn.lrc import freeze_model_except_lrc
+
+        freeze_model_except_lrc(student)
     if m.dlm:
         add_mask_token(tokenizer, student)
     return student
