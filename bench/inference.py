@@ -114,6 +114,7 @@ def llamacpp_rows(model, tokenizer, ids: torch.Tensor, new_tokens: int, threads:
                     n_threads_batch=threads, verbose=False)
         try:
             def decode(n: int, llm=llm) -> Iterable[list[int]]:
+                llm.reset()  # n_tokens = 0: generate() must not reuse the cached prompt
                 for i, token in enumerate(llm.generate(prompt, temp=0.0, top_k=1, reset=True)):
                     yield [token]
                     if i + 1 == n:

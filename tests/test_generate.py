@@ -7,6 +7,7 @@ from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.assets import gpt2_tokenizer_dir
 from wrinklefree.cli import main
+from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.generate import (
     DecodeStats,
     NotDLMModelError,
@@ -236,3 +237,28 @@ def test_cli_generates_from_a_run_folder(tmp_path, gpt2_tokenizer, gpt2_model, c
     with pytest.raises(SystemExit):
         main(["generate", str(tmp_path), "--prompt", "x", "--mode", "dlm"])
     assert "use --mode ar" in capsys.readouterr().err
+
+
+def test_cli_packed_generation_matches_the_fake_quant_model(tmp_path, gpt2_tokenizer, capsys):
+    model = convert_model_to_bitnet(tiny_llama(vocab_size=len(gpt2_tokenizer), seed=3))
+    model.save_pretrained(tmp_path)
+    gpt2_tokenizer.save_pretrained(tmp_path)
+    main(["generate", str(tmp_path), "--packed", "--prompt", "In the beginning",
+          "--max-new-tokens", "6"])
+    ids = encode_prompt(gpt2_tokenizer, "In the beginning")
+    eos = eos_token_ids(model, gpt2_tokenizer)
+    expected = collect(generate_ar(model, ids, max_new_tokens=6, eos_token_id=eos))
+    assert gpt2_tokenizer.decode(expected, skip_special_tokens=True) in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_smollm2_chat_answer_streams_and_stops_at_eos():
+    from wrinklefree.generate import load_for_generation
+
+    model, tokenizer = load_for_generation("smollm2")
+    ids = encode_prompt(tokenizer, "What is the capital of France?", chat=True)
+    stats = DecodeStats()
+    text = "".join(stream_text(tokenizer, generate_ar(
+        model, ids, max_new_tokens=30, eos_token_id=eos_token_ids(model, tokenizer), stats=stats)))
+    assert text.strip() == "The capital of France is Paris."
+    assert stats.new_tokens < 30  # stopped at the chat end-of-turn token

@@ -100,6 +100,41 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"  {'total':<8} {sum(by_type.values()) / 2**20:9.2f} MiB of weights")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from wrinklefree.eval.compare import COLUMNS, evaluate_models, format_table, mismatched_windows
+
+    common = {"batch_size": args.batch_size, "seed": args.seed, "progress": sys.stderr.isatty()}
+    if args.task in ("perplexity", "elbo"):
+        options = {"seq_len": args.seq_len, "num_windows": args.windows, "text": args.text}
+        if args.task == "elbo":
+            options |= {"num_samples": args.samples, "eps": args.eps}
+    else:
+        if args.task == "classification":
+            if args.train is None:
+                raise ValueError("--task classification needs --train (a .jsonl file or glue/sst2, "
+                                 "glue/qnli, glue/mnli)")
+            options = {"train": args.train, "evaluation": args.eval, "max_length": args.max_length}
+        else:
+            if args.eval is None and args.train is None:
+                raise ValueError("--task summarization needs --eval (a .jsonl file with "
+                                 "article/summary, or cnn_dailymail)")
+            options = {"evaluation": args.eval or args.train, "train": args.train,
+                       "max_new_tokens": args.max_new_tokens}
+        options |= {"steps": args.steps, "lr": args.lr, "limit_train": args.limit_train,
+                    "limit_eval": args.limit_eval}
+    options = {k: v for k, v in {**common, **options}.items() if v is not None}  # None: default
+    rows = evaluate_models(args.models, args.task, **options)
+    print(format_table(rows, COLUMNS[args.task]))
+    if mismatched_windows(rows):
+        print("note: the models tokenize the text differently (windows differ); per-token "
+              "numbers compare only within one tokenizer", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"task": args.task, "options": options,
+                                               "results": rows}, indent=2, default=str))
+
+
 def _print_info(model) -> None:
     from wrinklefree.info import model_report
 
@@ -256,6 +291,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-type", choices=["f16", "q8_0"], default="f16",
                    help="gguf: type of the embeddings, output head and full-precision layers")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "eval", help="perplexity, diffusion ELBO, task fine-tuning (classification, summarization)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate one or more models and print one table (see docs/eval.md).\n\n"
+        "tasks:\n"
+        "  perplexity      clean next-token perplexity on identical held-out windows\n"
+        "  elbo            DLM students: masked-diffusion ELBO; AR models: NLL\n"
+        "  classification  fine-tune with a new head (--train/--eval: jsonl, or glue/sst2,\n"
+        "                  glue/qnli, glue/mnli), report accuracy\n"
+        "  summarization   optional fine-tuning, greedy summaries, ROUGE\n"
+        "                  (jsonl with article/summary, or cnn_dailymail)\n\n"
+        "examples:\n"
+        "  wf eval smollm2 converted/ runs/demo --task perplexity --windows 16\n"
+        "  wf eval runs/dlm smollm2 --task elbo --samples 16\n"
+        "  wf eval runs/demo --task classification --train train.jsonl --eval dev.jsonl")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help=f"models: run folders, {EMBEDDED_HELP}")
+    p.add_argument("--task", choices=["perplexity", "elbo", "classification", "summarization"],
+                   default="perplexity")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--batch-size", type=int, help="default: 4 (8 for classification)")
+    p.add_argument("--seed", type=int, default=0, help="masks (elbo), head init and data order")
+    g = p.add_argument_group("perplexity / elbo")
+    g.add_argument("--seq-len", type=int, default=256, help="tokens per window")
+    g.add_argument("--windows", type=int, default=16, help="number of windows")
+    g.add_argument("--text", metavar="FILE",
+                   help="UTF-8 text file (documents split on blank lines) instead of held-out ASV")
+    g.add_argument("--samples", type=int, default=16, help="elbo: mask rates per window")
+    g.add_argument("--eps", type=float, default=1e-3, help="elbo: smallest mask rate")
+    g = p.add_argument_group("classification / summarization")
+    g.add_argument("--train", metavar="DATA", help="training data: .jsonl or a hub task name")
+    g.add_argument("--eval", metavar="DATA", help="evaluation data (default: the hub task's "
+                   "validation split)")
+    g.add_argument("--steps", type=int,
+                   help="fine-tuning steps (default 200 classification, 0 summarization)")
+    g.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-5)")
+    g.add_argument("--limit-train", type=int, metavar="N", help="use the first N examples")
+    g.add_argument("--limit-eval", type=int, metavar="N", help="use the first N examples")
+    g.add_argument("--max-length", type=int, help="classification: tokens per text (default 256)")
+    g.add_argument("--max-new-tokens", type=int, help="summarization: summary tokens (default 64)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -198,21 +198,42 @@ def bitnet_config_of(model_or_config) -> BitNetConfig | None:
     return BitNetConfig.from_dict(dict(data)) if data else None
 
 
+def build_bitnet(hf_config, **model_kwargs) -> nn.Module:
+    """The converted architecture an HF config records (``config.bitnet``), with fresh weights:
+    load a state dict into it (as :func:`load_bitnet` does, or after sharded training)."""
+    import transformers
+
+    options = bitnet_config_of(hf_config)
+    if options is None:
+        raise ValueError(
+            f"the config has no '{CONFIG_KEY}' entry: not a wrinklefree BitNet checkpoint; "
+            "convert it first with `wf convert` or load it with transformers directly"
+        )
+    arch = (hf_config.architectures or [None])[0]
+    model_cls = getattr(transformers, arch, None) if arch else None
+    if model_cls is None:
+        raise ValueError(f"unknown architecture {arch!r} in the config's 'architectures'")
+    model = model_cls._from_config(hf_config, **model_kwargs)
+    # LRC factors come from the checkpoint: skip the SVD init on the random weights.
+    build = options if options.lrc_rank is None else replace(options, lrc_init="kaiming")
+    convert_model_to_bitnet(model, build)
+    setattr(model.config, CONFIG_KEY, asdict(options))
+    return model
+
+
 def load_bitnet(path: str | Path, *, torch_dtype: torch.dtype | None = None, **model_kwargs):
     """Load a model saved by ``save_pretrained`` after :func:`convert_model_to_bitnet`.
 
     Rebuilds the architecture from ``config.json``, converts it with the recorded options and
     loads the safetensors weights strictly (tied weights excepted).
     """
-    import transformers
     from transformers import AutoConfig
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model folder: no config.json found")
     hf_config = AutoConfig.from_pretrained(path)
-    options = bitnet_config_of(hf_config)
-    if options is None:
+    if bitnet_config_of(hf_config) is None:
         raise ValueError(
             f"{path} is not a wrinklefree BitNet checkpoint (config.json has no '{CONFIG_KEY}' "
             "entry); convert it first with `wf convert` or load it with transformers directly"
@@ -220,15 +241,10 @@ def load_bitnet(path: str | Path, *, torch_dtype: torch.dtype | None = None, **m
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise FileNotFoundError(f"{path} has no *.safetensors weights")
-    arch = (hf_config.architectures or [None])[0]
-    model_cls = getattr(transformers, arch, None) if arch else None
-    if model_cls is None:
-        raise ValueError(f"{path}: unknown architecture {arch!r} in config.json")
-    model = model_cls._from_config(hf_config, **model_kwargs)
-    # LRC factors come from the checkpoint: skip the SVD init on the random weights.
-    build = options if options.lrc_rank is None else replace(options, lrc_init="kaiming")
-    convert_model_to_bitnet(model, build)
-    setattr(model.config, CONFIG_KEY, asdict(options))
+    try:
+        model = build_bitnet(hf_config, **model_kwargs)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
         try:

@@ -164,7 +164,9 @@ def generate_ar(
     _check_sampling(temperature, top_p)
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     eos = _eos_set(eos_token_id)
     stats = stats if stats is not None else DecodeStats()
     cache = DynamicCache()

@@ -27,6 +27,9 @@ def test_packed_layer_matches_hand_computed_values():
     expected = torch.tensor([[0.5125 * (127 - 64) / 127, 0.5125 * (127 + 64 - 32) / 127]])
     torch.testing.assert_close(packed(x), expected, rtol=1e-6, atol=1e-7)
     assert packed.packed.dtype == torch.uint8 and packed.packed.shape == (2, 1)
+    # stored as the exporter packs them: codes + 1 in bits 0-1, 2-3, 4-5, 6-7 of one byte per row:
+    # (1, -1, 0, 0) -> 2 + 0*4 + 1*16 + 1*64 = 82; (1, 1, -1, 0) -> 2 + 2*4 + 0*16 + 1*64 = 74
+    assert packed.packed.flatten().tolist() == [82, 74]
 
 
 @pytest.mark.parametrize("weight_quant", ["absmean", "absmean_channel"])
@@ -43,11 +46,12 @@ def test_packed_model_logits_equal_fake_quant_model(weight_quant, subln):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bias_is_kept():
-    layer = BitLinear(8, 3, bias=True)
-    x = torch.randn(5, 8)
+def test_bias_and_widths_not_multiple_of_four():
+    layer = BitLinear(10, 3, bias=True)  # 10 inputs: the last byte holds 2 codes + 2 padding
+    x = torch.randn(2, 5, 10)
     with torch.no_grad():
-        torch.testing.assert_close(PackedBitLinear.from_bitlinear(layer)(x), layer(x))
+        torch.testing.assert_close(PackedBitLinear.from_bitlinear(layer)(x), layer(x),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_weight_bytes_drop_to_two_bits_per_linear_weight():

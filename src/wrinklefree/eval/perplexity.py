@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from wrinklefree.data.heldout import heldout_windows, token_windows
+
+
+def eval_windows(
+    tokenizer, seq_len: int = 256, num_windows: int = 16, text: str | Path | None = None
+) -> torch.Tensor:
+    """Evaluation windows (N, seq_len): the held-out ASV split, or the text file ``text``.
+
+    Models that share a tokenizer get identical windows, so their numbers compare.
+    """
+    if text is None:
+        return heldout_windows(tokenizer, seq_len, num_windows)
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"--text {path} does not exist; pass a UTF-8 text file")
+    documents = [d for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    return token_windows(tokenizer, documents, seq_len, num_windows)
+
 
 @torch.no_grad()
-def perplexity(
+def mean_nll(
     model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = False
 ) -> float:
-    """exp(mean next-token cross-entropy) over all positions of ``windows`` (N, L).
+    """Mean next-token negative log-likelihood (nats/token) over all positions of ``windows``.
 
-    Every window is scored independently from its first token; the mean is over tokens, so
-    models compare exactly when given the same windows.
+    Every window is scored independently from its first token (position 0 is context only);
+    the mean is over tokens, so models compare exactly when given the same windows.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    for chunk in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress):
+    for chunk in tqdm(windows.split(batch_size), desc="nll", disable=not progress):
         chunk = chunk.to(device)
         logits = model(input_ids=chunk, use_cache=False).logits[:, :-1]  # (B, L-1, V)
         targets = chunk[:, 1:]  # (B, L-1)
@@ -31,4 +50,11 @@ def perplexity(
         total_nll += float(nll)
         total_tokens += targets.numel()
     model.train(was_training)
-    return math.exp(total_nll / total_tokens)
+    return total_nll / total_tokens
+
+
+def perplexity(
+    model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = False
+) -> float:
+    """exp(mean next-token cross-entropy) over all positions of ``windows`` (N, L)."""
+    return math.exp(mean_nll(model, windows, batch_size, progress))

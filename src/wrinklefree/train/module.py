@@ -21,17 +21,11 @@ from wrinklefree.objectives import ObjectiveManager, run_model
 from wrinklefree.quant import LambdaWarmup, set_quant_lambda
 from wrinklefree.teacher import Teacher
 from wrinklefree.train.optim import ZClip, build_optimizer, lr_multiplier
-
-DATA_STATE = "_data_state"
+from wrinklefree.train.scale import shard_student
 
 
 class StreamBatches(IterableDataset):
-    """Batches of ``batch_size`` windows, each carrying the stream state *after* it was drawn.
-
-    Lightning fetches ahead of the step it runs, so the stream object is always a batch or two
-    ahead of training; the state travelling with the batch is what a checkpoint must store for an
-    exact resume.
-    """
+    """Batches of ``batch_size`` windows from the stream (read with ``num_workers=0``)."""
 
     def __init__(self, stream: MixtureStream, batch_size: int) -> None:
         self.stream, self.batch_size = stream, batch_size
@@ -39,9 +33,7 @@ class StreamBatches(IterableDataset):
     def __iter__(self):
         windows = iter(self.stream)
         while True:
-            batch = collate([next(windows) for _ in range(self.batch_size)])
-            batch[DATA_STATE] = self.stream.state_dict()
-            yield batch
+            yield collate([next(windows) for _ in range(self.batch_size)])
 
 
 class BitNetModule(L.LightningModule):
@@ -74,7 +66,7 @@ class BitNetModule(L.LightningModule):
         self.lambda_schedule = LambdaWarmup(lam.warmup_steps, lam.shape, lam.start, lam.end)
         z = training.zclip
         self.zclip = ZClip(z.alpha, z.z_thresh, z.warmup, z.max_norm) if z.enabled else None
-        self.data_state: dict | None = None
+        self.windows_consumed = stream.windows  # Lightning reads ahead; count what trained
         self._phase = manager.phase_index
         self._clock: float | None = None
 
@@ -93,7 +85,7 @@ class BitNetModule(L.LightningModule):
 
     # ---- Lightning hooks ----------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self.data_state = batch.pop(DATA_STATE, None)
+        self.windows_consumed += len(batch["input_ids"])
         self._advance_schedules()
         batch = self.manager.preprocess_batch(batch)
         needs = self.manager.requirements()
@@ -138,6 +130,12 @@ class BitNetModule(L.LightningModule):
             norm = self.zclip(self.student.parameters())
             self.log("train/grad_norm", norm)
 
+    def configure_model(self) -> None:
+        """Shard the student with FSDP2 under ``trainer=fsdp`` (Lightning's ModelParallelStrategy
+        sets ``device_mesh``; every other strategy leaves it None and nothing happens)."""
+        if self.device_mesh is not None:
+            shard_student(self.student, self.device_mesh.device_type)
+
     def configure_optimizers(self):
         cfg = self.cfg
         optimizer = build_optimizer(self.student, cfg.optimizer, cfg.lr, cfg.weight_decay,
@@ -152,7 +150,8 @@ class BitNetModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["wrinklefree"] = {
             "manager": self.manager.state_dict(),
-            "data": self.data_state,
+            # rewound to the windows actually trained on: Lightning has fetched ahead
+            "data": self.stream.state_dict(windows=self.windows_consumed),
             "zclip": None if self.zclip is None else self.zclip.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "remix_history": None if self.remixer is None else self.remixer.history,
@@ -162,8 +161,8 @@ class BitNetModule(L.LightningModule):
         state = checkpoint["wrinklefree"]
         self.manager.load_state_dict(state["manager"])
         self._phase = self.manager.phase_index
-        if state["data"] is not None:
-            self.stream.load_state_dict(state["data"])
+        self.stream.load_state_dict(state["data"])
+        self.windows_consumed = self.stream.windows
         if self.zclip is not None and state["zclip"] is not None:
             self.zclip.load_state_dict(state["zclip"])
         torch.set_rng_state(state["torch_rng"])

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.data.config import as_data_config
 from wrinklefree.data.heldout import calibration_batches, heldout_windows
-from wrinklefree.data.influence import InfluenceRemixer
+from wrinklefree.data.influence import InfluenceRemixer, build_probe_batch
 from wrinklefree.data.mixture import build_train_stream, build_val_windows
 from wrinklefree.data.packing import collate
 from wrinklefree.eval.perplexity import perplexity
@@ -30,6 +30,7 @@ from wrinklefree.quant import set_quant_lambda
 from wrinklefree.teacher import Teacher
 from wrinklefree.train.config import scrub_secrets, validate
 from wrinklefree.train.module import BitNetModule, StreamBatches
+from wrinklefree.train.scale import gathered_student
 
 log = logging.getLogger("wrinklefree.train")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,7 +81,10 @@ def build_teacher(cfg: DictConfig, tokenizer) -> Teacher | None:
     path = cfg.model.source if source == "source" else source
     model = load_model(path, dtype=DTYPES[cfg.model.dtype])
     teacher_tokenizer = load_tokenizer(path)
-    return Teacher(model, tokenizer=teacher_tokenizer, student_tokenizer=tokenizer)
+    # frozen and replicated on every rank (never sharded): under bf16 precision keep it in bf16,
+    # half the memory, the dtype its matmuls run in under autocast anyway
+    dtype = torch.bfloat16 if cfg.trainer.precision.startswith("bf16") else None
+    return Teacher(model, tokenizer=teacher_tokenizer, student_tokenizer=tokenizer, dtype=dtype)
 
 
 def total_steps_of(cfg: DictConfig, world: int) -> int:
@@ -136,9 +140,9 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         return None
     if cfg.resume == "auto":
         last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        return str(last) if last.exists() else None  # a folder when saved sharded (fsdp)
     path = Path(cfg.resume)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"resume checkpoint {path} does not exist (use resume=auto to "
                                 "continue the latest checkpoint of run_dir, if any)")
     return str(path)
@@ -159,7 +163,8 @@ def _evaluate(model, tokenizer, cfg: DictConfig, windows: torch.Tensor) -> dict[
 
 
 def train(config: DictConfig | dict) -> Path:
-    """Run the training described by ``config``; returns the run folder."""
+    """Run the training described by ``config``; returns the run folder. A multi-process run
+    ends by destroying its process group."""
     import lightning as L
 
     cfg = validate(config)
@@ -184,8 +189,9 @@ def train(config: DictConfig | dict) -> Path:
     val = build_val_windows(tokenizer, data_cfg.seq_len, cfg.training.val_windows)
     remixer = None
     if data_cfg.remix.enabled:
-        probe_windows = data_cfg.remix.probe_windows
-        probe = collate(build_val_windows(tokenizer, data_cfg.seq_len, probe_windows))
+        # the probe comes after the validation windows: remixing never tunes toward reported text
+        probe = build_probe_batch(tokenizer, data_cfg.seq_len, data_cfg.remix,
+                                  skip=cfg.training.val_windows)
         remixer = InfluenceRemixer(stream, probe, data_cfg.remix)
 
     report: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps,
@@ -219,8 +225,12 @@ def train(config: DictConfig | dict) -> Path:
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if world > 1:
         report["ddp_weight_checksums"] = _rank_checksums(trainer, student)
+    student = gathered_student(student, trainer.strategy.root_device)  # fsdp: one whole copy
     if trainer.is_global_zero:
         _finish(run_dir, student, tokenizer, cfg, eval_windows, report)
+    if torch.distributed.is_initialized():
+        # each rank leaves cleanly: gloo can abort (SIGABRT) at interpreter exit otherwise
+        torch.distributed.destroy_process_group()
     return run_dir
 
 
@@ -277,18 +287,22 @@ def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig, eval_windows: to
 
 
 def _strategy(cfg: DictConfig):
-    """A strategy name ('auto', 'ddp', 'fsdp', ...) or a dict ``{name: fsdp, ...FSDPStrategy
-    options}`` (e.g. ``sharding_strategy: FULL_SHARD``)."""
+    """A strategy name ('auto', 'ddp', ...) or, for 'fsdp', Lightning's ModelParallelStrategy
+    (FSDP2) built from a dict ``{name: fsdp, ...its options}`` (e.g.
+    ``save_distributed_checkpoint: true``)."""
     strategy = cfg.trainer.strategy
+    if strategy == "fsdp":
+        strategy = OmegaConf.create({"name": "fsdp"})
     if not isinstance(strategy, DictConfig):
         return strategy
     options = OmegaConf.to_container(strategy, resolve=True)
     name = options.pop("name", None)
     if name != "fsdp":
         raise ValueError(f"trainer.strategy dict needs name: fsdp, got name={name!r}")
-    from lightning.pytorch.strategies import FSDPStrategy
+    # FSDP2 through Lightning: BitNetModule.configure_model shards the student (train/scale.py)
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
-    return FSDPStrategy(**options)
+    return ModelParallelStrategy(**options)
 
 
 def _print_row(label: str, result: dict[str, Any]) -> None:

@@ -1,0 +1,98 @@
+"""Parity through llama.cpp (optional ``llama-cpp-python``, see requirements-llamacpp.txt).
+
+llama.cpp quantizes activations per block (Q8_K: 256 values, Q8_0: 32) where our BitLinear
+quantizes per token, so ternary GGUF logits are close, not bit-exact. The F16 GGUF against the
+PyTorch model with activation quantization off isolates the architecture mapping (SubLN, RoPE,
+scales, tied head), which must agree to f16 precision.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TEXT, save_tiny
+from transformers import AutoTokenizer
+
+from wrinklefree.export.gguf import export_gguf
+from wrinklefree.export.parity import compare_logits, llamacpp_logits, torch_logits
+from wrinklefree.models import load_model
+from wrinklefree.nn import BitLinear
+
+llama_cpp = pytest.importorskip("llama_cpp")
+pytestmark = pytest.mark.llamacpp
+
+
+def _tokens(folder, n: int = 64) -> list[int]:
+    return AutoTokenizer.from_pretrained(folder).encode(TEXT)[:n]
+
+
+@pytest.mark.parametrize("weight_type", ["tq2_0", "tq1_0", "f16"])
+def test_ternary_gguf_logits_match_pytorch(tiny_dir, tmp_path, weight_type):
+    model = load_model(str(tiny_dir))
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, tiny_dir, weight_type=weight_type)
+    tokens = _tokens(tiny_dir)
+    stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
+    assert stats["cosine"] > 0.999 and stats["top1"] >= 0.9, stats
+
+
+def test_architecture_mapping_is_exact_without_activation_quantization(tiny_dir, tmp_path):
+    model = load_model(str(tiny_dir))
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, tiny_dir, weight_type="f16")
+    for layer in model.modules():
+        if isinstance(layer, BitLinear):
+            layer.quantize_activations = False
+    tokens = _tokens(tiny_dir)
+    stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
+    assert stats["cosine"] > 0.99999 and stats["top1"] == 1.0 and stats["max_abs_diff"] < 0.01
+
+
+def test_plain_ternary_llama_arch_matches(tmp_path):
+    folder = save_tiny(tmp_path / "plain", insert_subln=False, tie_word_embeddings=False)
+    model = load_model(str(folder))
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, folder)
+    tokens = _tokens(folder)
+    stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
+    assert stats["cosine"] > 0.999 and stats["top1"] >= 0.9, stats
+
+
+def test_llamacpp_tokenizes_like_transformers(tiny_dir, tmp_path):
+    path = tmp_path / "m.gguf"
+    export_gguf(load_model(str(tiny_dir)), path, tiny_dir)
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        ids = llm.tokenize(TEXT.encode(), add_bos=False, special=False)
+    finally:
+        llm.close()
+    assert ids == AutoTokenizer.from_pretrained(tiny_dir).encode(TEXT)
+
+
+@pytest.mark.slow
+def test_smollm2_tq2_0_with_q8_0_fallback(tmp_path):
+    """SmolLM2-135M: hidden 576 is not whole 256-blocks, so only ffn_down is TQ2_0."""
+    import gguf
+
+    from wrinklefree.assets import asv_text
+    from wrinklefree.convert import convert_model_to_bitnet
+    from wrinklefree.models import load_tokenizer
+
+    model, tokenizer = load_model("smollm2"), load_tokenizer("smollm2")
+    convert_model_to_bitnet(model)
+    folder = tmp_path / "smol"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    path = tmp_path / "smol.gguf"
+    sizes = export_gguf(model, path, folder)
+    assert sizes["blk.0.ffn_down.weight"][0] == "TQ2_0"
+    assert sizes["blk.0.attn_q.weight"][0] == "Q8_0"
+    text = asv_text()[10000:14000]
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text)
+    finally:
+        llm.close()
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "smollm"
+    tokens = tokenizer.encode(text)[:128]
+    stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
+    assert stats["cosine"] > 0.99 and stats["top1"] > 0.9, stats
