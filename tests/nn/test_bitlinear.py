@@ -42,3 +42,39 @@ def test_bitlinear_gradient_flows_through_ste():
 def test_bitlinear_rejects_unknown_weight_quant():
     with pytest.raises(ValueError, match="nope"):
         BitLinear(4, 4, weight_quant="nope")
+
+
+@pytest.mark.parametrize("lam", [0.3, 1.0])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_ste_matches_textbook_bitlinear(lam, bias):
+    """Values and gradients equal F.linear(ste_mix(x), ste_mix(W)) written out op by op."""
+    from wrinklefree.quant import absmax_activation_quant, ste_mix, ternary_weight_quant
+
+    torch.manual_seed(0)
+    layer = BitLinear(16, 8, bias=bias, quant_lambda=lam)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    y = layer(x)
+    (y * torch.arange(8.0)).sum().backward()
+    fused = (y.detach(), x.grad.clone(), layer.weight.grad.clone())
+
+    x.grad, layer.weight.grad = None, None
+    w_ref = ste_mix(layer.weight, ternary_weight_quant(layer.weight), lam)
+    x_ref = ste_mix(x, absmax_activation_quant(x), lam)
+    y_ref = torch.nn.functional.linear(x_ref, w_ref, layer.bias)
+    (y_ref * torch.arange(8.0)).sum().backward()
+    assert torch.allclose(fused[0], y_ref, atol=1e-6)
+    assert torch.allclose(fused[1], x.grad, atol=1e-6)
+    assert torch.allclose(fused[2], layer.weight.grad, atol=1e-6)
+
+
+def test_shared_input_is_quantized_once_and_gradients_add_up():
+    torch.manual_seed(0)
+    q, k = BitLinear(16, 8), BitLinear(16, 8)
+    x = torch.randn(3, 16, requires_grad=True)
+    (q(x).sum() + k(x).sum()).backward()
+    shared = x.grad.clone()
+    x2 = x.detach().clone().requires_grad_(True)
+    q(x2).sum().backward()
+    k(x2.detach().clone().requires_grad_(True)).sum().backward()  # separate inputs
+    expected = x2.grad + (k.quantized_weight().detach().sum(0)).expand_as(x2)
+    assert torch.allclose(shared, expected, atol=1e-5)

@@ -119,11 +119,16 @@ def _worker(out: Path) -> None:
     shard_scales = {n: float(absmean_scale(m.weight[: m.out_features // 2]))
                     for n, m in bitlinears.items()}
     ref = copy.deepcopy(model)
-    seen: dict[str, tuple[list[int], float]] = {}
+    seen: dict[str, tuple[list[int], float]] = {}  # what each BitLinear saw in its 1st forward
+
+    def record(name: str):
+        def hook(module, args) -> None:
+            weight = module.weight.detach()
+            seen.setdefault(name, (list(weight.shape), float(absmean_scale(weight))))
+        return hook
+
     for name, m in bitlinears.items():
-        m.register_forward_pre_hook(
-            lambda mod, args, name=name: seen.__setitem__(
-                name, (list(mod.weight.shape), float(absmean_scale(mod.weight.detach())))))
+        m.register_forward_pre_hook(record(name))
     shard_student(model, "cpu")
 
     ids = torch.randint(0, 128, (2, 16))

@@ -17,8 +17,24 @@ from wrinklefree.quant import (
     absmax_activation_quant,
     fwht,
     hadamard_block_size,
+    ste_linear,
     ste_mix,
 )
+
+
+# q/k/v (and gate/up) projections read the very same input tensor: quantize it once.
+_last_activation: tuple[torch.Tensor, int, float, torch.Tensor] | None = None
+
+
+def _quantized_activation(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """ste_mix value of the int8 activation quantization of ``x``, reused for the same tensor."""
+    global _last_activation
+    cached = _last_activation
+    if cached is not None and cached[0] is x and cached[1] == x._version and cached[2] == lam:
+        return cached[3]
+    x_q = ste_mix(x, absmax_activation_quant(x), lam)
+    _last_activation = (x, x._version, lam, x_q)
+    return x_q
 
 
 class BitLinear(nn.Linear):
@@ -96,10 +112,15 @@ class BitLinear(nn.Linear):
         return x
 
     def quantized_linear(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        """Q_w(W) · Q_a(x) + b on an already transformed input."""
-        if self.quantize_activations and self.quant_lambda != 0.0:
-            x = ste_mix(x, absmax_activation_quant(x), self.quant_lambda)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        """Q_w(W) · Q_a(x) + b on an already transformed input (straight-through gradients)."""
+        if self.quant_lambda == 0.0:
+            return F.linear(x, self.weight, self.bias)
+        with torch.no_grad():
+            x_q = x
+            if self.quantize_activations:
+                x_q = _quantized_activation(x, self.quant_lambda)
+            w_q = self.quantized_weight()
+        return ste_linear(x, self.weight, self.bias, x_q, w_q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         return self.quantized_linear(self.transform_input(x))

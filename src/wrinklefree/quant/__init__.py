@@ -16,6 +16,7 @@ from wrinklefree.quant.schedule import LambdaWarmup, set_quant_lambda
 from wrinklefree.quant.ternary import (
     absmax_activation_quant,
     absmean_scale,
+    ste_linear,
     ste_mix,
     ternary_codes,
     ternary_weight_quant,
@@ -41,6 +42,7 @@ __all__ = [
     "hadamard_block_size",
     "inverse_haar_transform_1d_row",
     "set_quant_lambda",
+    "ste_linear",
     "ste_mix",
     "ternary_codes",
     "ternary_weight_quant",

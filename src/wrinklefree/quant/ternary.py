@@ -54,3 +54,39 @@ def ste_mix(x: torch.Tensor, x_quant: torch.Tensor, lam: float) -> torch.Tensor:
     lam=1 the fully quantized model.
     """
     return x + lam * (x_quant - x).detach()
+
+
+class _STELinear(torch.autograd.Function):
+    """linear(x_q, w_q, b) whose gradients flow to x and W as if x_q = x and w_q = W."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, x_q, w_q):
+        ctx.save_for_backward(x_q, w_q)
+        ctx.has_bias = bias is not None
+        return torch.nn.functional.linear(x_q, w_q, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # (..., out)
+        x_q, w_q = ctx.saved_tensors
+        grad_x = grad_out @ w_q  # (..., in)
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (T, out)
+        grad_w = g2.t() @ x_q.reshape(-1, x_q.shape[-1])  # (out, in)
+        grad_b = g2.sum(0) if ctx.has_bias else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+def ste_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    x_q: torch.Tensor,
+    w_q: torch.Tensor,
+) -> torch.Tensor:
+    """``F.linear(x_q, w_q, bias)`` with straight-through gradients to ``x`` and ``weight``.
+
+    The same values and gradients as ``F.linear(ste_mix(x, ...), ste_mix(W, ...), b)`` (STE,
+    BitNet Sec. 2.1: dQ(x)/dx = I), but the quantized copies are computed once without autograd
+    recording their element-wise ops, which is most of BitLinear's training overhead.
+    ``x_q`` and ``w_q`` must be computed under ``torch.no_grad()``.
+    """
+    return _STELinear.apply(x, weight, bias, x_q, w_q)
