@@ -1,7 +1,8 @@
 """Inference speed and weight memory: PyTorch fp32, ternary, packed, block diffusion, llama.cpp.
 
     .venv/bin/python bench/inference.py [--model smollm2] [--prompt-len 64] [--new-tokens 32]
-                                        [--block-size 32] [--threads 2] [--json PATH]
+                                        [--block-size 32] [--threads 2] [--clock wall]
+                                        [--json out.json]
 
 One model, one prompt (the first ``--prompt-len`` tokens of the ASV), greedy decoding of exactly
 ``--new-tokens`` tokens (EOS ignored), one timed run per row after a short warm-up:
@@ -12,7 +13,7 @@ One model, one prompt (the first ``--prompt-len`` tokens of the ASV), greedy dec
 - ``block diffusion``: that model decoded with Fast-dLLM v2 blocks (threshold 0.9, and a fixed
   ``block/4`` steps per block = 4 tokens per step). The model was never trained with the DLM
   objective, so its text is garbage: the rows measure speed only.
-- ``packed 2-bit``: the same model after ``pack_model`` (codes unpacked per layer per call).
+- ``packed 2-bit``: the same model after ``pack_model`` (weights decoded from bytes per call).
 - ``llama.cpp``: the converted model exported with ``wrinklefree.export`` to GGUF (TQ2_0, TQ1_0,
   F16), run by llama-cpp-python; skipped with the reason when either is unavailable.
 
@@ -20,7 +21,10 @@ Prompt tok/s is the prompt length over the time to the first new token; decode t
 tokens after it. Diffusion rows emit whole blocks, so their decode time is the total time minus
 the autoregressive prompt time of the same model. ``tok/fwd`` is new tokens per decoding forward
 pass. Weights MB is every parameter and buffer (tied tensors once) or the GGUF file size; linear MB
-is the ternary projections alone. Prints a table and writes the same rows as JSON.
+is the ternary projections alone. Prints a table, then the same rows as JSON (also written to
+``--json``). On a machine shared with other jobs, ``--threads 1 --clock cpu`` gives steadier
+numbers (CPU seconds of this process): two threads that lose their cores to other processes
+spin-wait and can run several times slower in wall time.
 """
 
 from __future__ import annotations
@@ -46,15 +50,19 @@ MB = 1e6
 GGUF_TYPES = ("tq2_0", "tq1_0", "f16")
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def timed(chunks: Iterable[list[int]]) -> tuple[float, float, int, int]:
     """(seconds to the first chunk, seconds in total, tokens in the first chunk, tokens in all)."""
-    start = time.perf_counter()
+    start = clock()
     first_s, first_n, total_n = None, 0, 0
     for chunk in chunks:
         total_n += len(chunk)
         if first_s is None:
-            first_s, first_n = time.perf_counter() - start, len(chunk)
-    return first_s, time.perf_counter() - start, first_n, total_n
+            first_s, first_n = clock() - start, len(chunk)
+    return first_s, clock() - start, first_n, total_n
 
 
 def ar_row(name: str, model, ids: torch.Tensor, new_tokens: int) -> dict:
@@ -161,8 +169,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default="bench/results/inference.json")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: this process's CPU seconds, which other jobs on a shared "
+                        "machine do not inflate (use with --threads 1)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
 
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
@@ -191,16 +204,17 @@ def main() -> None:
         r.pop("prompt_s", None)
 
     print(f"{args.model}: prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens, "
-          f"{args.threads} threads, block {args.block_size}")
+          f"{args.threads} threads, block {args.block_size}, {args.clock} clock")
     print_table(rows)
     result = {
         "settings": vars(args),
         "machine": {"torch": torch.__version__, "platform": platform.platform()},
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,9 @@ def convert_model_to_bitnet(
             f"hadamard=True but {type(model).__name__} has no linear named "
             f"{config.hadamard_targets}; pass hadamard_targets matching its projections"
         )
+    # SubLN shares the decoder's RMSNorm epsilon: llama.cpp's and transformers' BitNet
+    # architectures have one epsilon for every norm, so exports stay faithful.
+    subln_eps = float(getattr(getattr(model, "config", None), "rms_norm_eps", 1e-6))
     for name, linear in targets:
         layer = BitLinear.from_linear(
             linear,
@@ -128,6 +131,7 @@ def convert_model_to_bitnet(
             quantize_activations=config.quantize_activations,
             weight_quant=config.weight_quant,
             subln=config.insert_subln and name in subln_names,
+            subln_eps=subln_eps,
             hadamard=config.hadamard and name in hadamard_names,
         )
         if layer.hadamard:  # W' = W·Hᵀ (H symmetric: rotate each row), so W'·(H·x) = W·x

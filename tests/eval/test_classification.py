@@ -36,10 +36,24 @@ def toy_task(tmp_path_factory):
     return folder / "train.jsonl", folder / "dev.jsonl"
 
 
-def test_learns_a_separable_task(word_folder, toy_task):
+@pytest.fixture(scope="module")
+def bitnet_word_folder(word_folder, tmp_path_factory):
+    """The word-level tiny model converted to BitNet b1.58 (ternary, SubLN)."""
+    from wrinklefree.models import load_model, load_tokenizer
+
+    folder = tmp_path_factory.mktemp("bitnet-words")
+    model = convert_model_to_bitnet(load_model(str(word_folder)))
+    model.save_pretrained(folder)
+    load_tokenizer(str(word_folder)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("source", ["word_folder", "bitnet_word_folder"])
+def test_learns_a_separable_task(source, toy_task, request):
+    folder = str(request.getfixturevalue(source))
     train, dev = toy_task
-    before = run_classification(str(word_folder), train, dev, steps=0)
-    after = run_classification(str(word_folder), train, dev, steps=60, lr=3e-3, batch_size=16)
+    before = run_classification(folder, train, dev, steps=0)
+    after = run_classification(folder, train, dev, steps=60, lr=3e-3, batch_size=16)
     assert after["accuracy"] >= 0.9  # chance is 0.5
     assert after["accuracy"] > before["accuracy"]
     assert after["eval_examples"] == 64 and after["num_labels"] == 2

@@ -78,3 +78,16 @@ def test_shared_input_is_quantized_once_and_gradients_add_up():
     k(x2.detach().clone().requires_grad_(True)).sum().backward()  # separate inputs
     expected = x2.grad + (k.quantized_weight().detach().sum(0)).expand_as(x2)
     assert torch.allclose(shared, expected, atol=1e-5)
+
+
+def test_quantized_weight_cache_follows_weight_updates():
+    torch.manual_seed(0)
+    layer = BitLinear(8, 4, quantize_activations=False)
+    x = torch.randn(2, 8)
+    before = layer(x).detach()
+    assert torch.equal(layer(x), before)  # served from the cache
+    with torch.no_grad():
+        layer.weight.mul_(-1)  # in-place update, as an optimizer step does
+    assert torch.allclose(layer(x), -before)
+    layer.quant_lambda = 0.0
+    assert torch.allclose(layer(x), x @ layer.weight.T + layer.bias)

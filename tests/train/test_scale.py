@@ -52,7 +52,8 @@ def test_fsdp_preset_trains_on_cpu_and_resumes(tiny_source, text_files, tmp_path
     def train(*overrides: str) -> None:
         command = [
             sys.executable, "-m", "wrinklefree.cli", "train", "trainer=fsdp",
-            "trainer.accelerator=cpu", "trainer.devices=2", f"model.source={tiny_source}",
+            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+            f"model.source={tiny_source}",
             f"data.sources=[{{name: words, path: '{text_files['words']}'}}]",
             f"data.cache_dir={tmp_path / 'cache'}", "data.seq_len=32",
             "model.calibration_batches=1", "training.batch_size=2", "training.val_windows=2",
@@ -71,8 +72,7 @@ def test_fsdp_preset_trains_on_cpu_and_resumes(tiny_source, text_files, tmp_path
     assert steps == [0, 1, 2]  # the second launch continued at step 2
     report = json.loads((run_dir / "report.json").read_text())
     assert report["world_size"] == 2 and report["total_steps"] == 3
-    first, second = report["ddp_weight_checksums"]
-    assert first == second  # both ranks see the same (global) weights
+    assert "ddp_weight_checksums" not in report  # ranks hold different shards
     model = load_bitnet(run_dir / "final")  # the gathered, unsharded student
     assert model.config.bitnet["insert_subln"] is True
     assert torch.isfinite(torch.tensor(report["trained"]["perplexity"]))

@@ -25,7 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wrinklefree.export.pack import PER_CHANNEL_QUANTS, check_exportable, ternary_state
+from wrinklefree.export.pack import (
+    PER_CHANNEL_QUANTS,
+    check_exportable,
+    ternary_state,
+    warn_subln_eps,
+)
 from wrinklefree.export.vocab import add_tokenizer
 from wrinklefree.nn import BitLinear
 
@@ -246,21 +251,6 @@ def _add_hparams(writer: gguf.GGUFWriter, model: nn.Module, weight_type: str, na
     writer.add_vocab_size(cfg.vocab_size)
 
 
-def _check_subln_eps(model: nn.Module) -> None:
-    """llama.cpp has one RMSNorm epsilon per model; warn when the SubLN epsilon differs."""
-    import warnings
-
-    eps = {m.sub_norm.eps for m in model.modules() if isinstance(m, BitLinear) and m.sub_norm}
-    if eps and eps != {float(model.config.rms_norm_eps)}:
-        warnings.warn(
-            f"SubLN epsilon {sorted(eps)} differs from the model's rms_norm_eps "
-            f"{model.config.rms_norm_eps}; llama.cpp uses rms_norm_eps for every norm, so "
-            "logits will differ slightly from the PyTorch model",
-            stacklevel=3,
-        )
-
-
-@torch.no_grad()
 def export_gguf(
     model: nn.Module,
     out: str | Path,
@@ -290,7 +280,7 @@ def export_gguf(
     check_exportable(model)
     arch = gguf_architecture(model)
     if arch == "bitnet":
-        _check_subln_eps(model)
+        warn_subln_eps(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(out, arch)

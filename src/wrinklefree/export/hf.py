@@ -31,6 +31,7 @@ from wrinklefree.export.pack import (
     check_exportable,
     pack_ternary_2bit,
     ternary_state,
+    warn_subln_eps,
 )
 
 # Our SubLN parameter -> BitNetForCausalLM's name for it (modeling_bitnet.py).
@@ -117,7 +118,6 @@ def _check_hf(layers) -> None:
             )
 
 
-@torch.no_grad()
 def export_hf(model: nn.Module, out: str | Path, tokenizer_dir: str | Path | None = None
               ) -> dict[str, tuple[str, int]]:
     """Save ``model`` (converted, fully ternary) as packed safetensors + config in ``out``.
@@ -129,6 +129,8 @@ def export_hf(model: nn.Module, out: str | Path, tokenizer_dir: str | Path | Non
     layers = check_exportable(model)
     _check_hf(layers)
     bitnet_class = _uses_bitnet_class(model, layers)
+    if bitnet_class:
+        warn_subln_eps(model)
     ternary = {f"{name}.weight": layer for name, layer in layers}
     keep = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and
             f"{n}.weight" not in ternary]

@@ -136,3 +136,18 @@ def check_exportable(model: nn.Module) -> list[tuple[str, BitLinear]]:
                 "model whose lambda warm-up has finished"
             )
     return layers
+
+
+def warn_subln_eps(model: nn.Module) -> None:
+    """Warn when a SubLN epsilon differs from the decoder's: llama.cpp's and transformers' BitNet
+    architectures use ``rms_norm_eps`` for every norm (conversion sets it so since this check)."""
+    import warnings
+
+    eps = {m.sub_norm.eps for m in model.modules() if isinstance(m, BitLinear) and m.sub_norm}
+    if eps and eps != {float(model.config.rms_norm_eps)}:
+        warnings.warn(
+            f"SubLN epsilon {sorted(eps)} differs from the model's rms_norm_eps "
+            f"{model.config.rms_norm_eps}; the exported model uses rms_norm_eps for every norm, "
+            "so its logits will differ from the PyTorch model",
+            stacklevel=3,
+        )

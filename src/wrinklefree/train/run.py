@@ -30,7 +30,7 @@ from wrinklefree.quant import set_quant_lambda
 from wrinklefree.teacher import Teacher
 from wrinklefree.train.config import scrub_secrets, validate
 from wrinklefree.train.module import BitNetModule, StreamBatches
-from wrinklefree.train.scale import gathered_student
+from wrinklefree.train.scale import gathered_student, is_sharded
 
 log = logging.getLogger("wrinklefree.train")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -223,7 +223,7 @@ def train(config: DictConfig | dict) -> Path:
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
     if total_steps % cfg.training.checkpoint_every:
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    if world > 1:
+    if world > 1 and not is_sharded(student):  # replicas (ddp); fsdp ranks hold shards
         report["ddp_weight_checksums"] = _rank_checksums(trainer, student)
     student = gathered_student(student, trainer.strategy.root_device)  # fsdp: one whole copy
     if trainer.is_global_zero:
