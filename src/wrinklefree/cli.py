@@ -315,12 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="default: 4 (8 for classification)")
     p.add_argument("--seed", type=int, default=0, help="masks (elbo), head init and data order")
     g = p.add_argument_group("perplexity / elbo")
-    g.add_argument("--seq-len", type=int, default=256, help="tokens per window")
-    g.add_argument("--windows", type=int, default=16, help="number of windows")
+    g.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")
+    g.add_argument("--windows", type=int, default=16, help="number of windows (default 16)")
     g.add_argument("--text", metavar="FILE",
                    help="UTF-8 text file (documents split on blank lines) instead of held-out ASV")
-    g.add_argument("--samples", type=int, default=16, help="elbo: mask rates per window")
-    g.add_argument("--eps", type=float, default=1e-3, help="elbo: smallest mask rate")
+    g.add_argument("--samples", type=int, default=16,
+                   help="elbo: mask rates per window (default 16)")
+    g.add_argument("--eps", type=float, default=1e-3, help="elbo: smallest mask rate (1e-3)")
     g = p.add_argument_group("classification / summarization")
     g.add_argument("--train", metavar="DATA", help="training data: .jsonl or a hub task name")
     g.add_argument("--eval", metavar="DATA", help="evaluation data (default: the hub task's "

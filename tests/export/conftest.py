@@ -10,10 +10,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from wrinklefree.convert import convert_model_to_bitnet
 
-# Widths are multiples of 256 so llama.cpp's TQ1_0 / TQ2_0 apply to every projection. One RMSNorm
-# epsilon for the whole model: llama.cpp has a single one (the SubLN default is 1e-6).
+# Widths are multiples of 256 so llama.cpp's TQ1_0 / TQ2_0 apply to every projection.
 TINY = dict(vocab_size=384, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+            num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=256, tie_word_embeddings=True)
 
 TEXT = (

@@ -69,8 +69,13 @@ def test_llamacpp_tokenizes_like_transformers(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_tq2_0_with_q8_0_fallback(tmp_path):
-    """SmolLM2-135M: hidden 576 is not whole 256-blocks, so only ffn_down is TQ2_0."""
+def test_smollm2_exports_with_q8_0_fallback_and_exact_mapping(tmp_path):
+    """SmolLM2-135M: hidden 576 is not whole 256-blocks, so only ffn_down is TQ2_0.
+
+    A converted but untrained SmolLM2 is numerically chaotic (the same PyTorch model in fp32 vs
+    fp64 agrees only to cosine ~0.9), so its ternary logits cannot be compared meaningfully;
+    the architecture mapping is checked with activation quantization off against the F16 file.
+    """
     import gguf
 
     from wrinklefree.assets import asv_text
@@ -82,17 +87,22 @@ def test_smollm2_tq2_0_with_q8_0_fallback(tmp_path):
     folder = tmp_path / "smol"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    path = tmp_path / "smol.gguf"
-    sizes = export_gguf(model, path, folder)
+    sizes = export_gguf(model, tmp_path / "tq2.gguf", folder)
     assert sizes["blk.0.ffn_down.weight"][0] == "TQ2_0"
     assert sizes["blk.0.attn_q.weight"][0] == "Q8_0"
+    reader = gguf.GGUFReader(tmp_path / "tq2.gguf")
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm"
     text = asv_text()[10000:14000]
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "tq2.gguf"), vocab_only=True, verbose=False)
     try:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text)
     finally:
         llm.close()
-    assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "smollm"
+    export_gguf(model, tmp_path / "f16.gguf", folder, weight_type="f16")
+    for layer in model.modules():
+        if isinstance(layer, BitLinear):
+            layer.quantize_activations = False
     tokens = tokenizer.encode(text)[:128]
-    stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
-    assert stats["cosine"] > 0.99 and stats["top1"] > 0.9, stats
+    stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(tmp_path / "f16.gguf",
+                                                                        tokens))
+    assert stats["cosine"] > 0.9999 and stats["top1"] > 0.95, stats

@@ -80,14 +80,27 @@ def test_shared_input_is_quantized_once_and_gradients_add_up():
     assert torch.allclose(shared, expected, atol=1e-5)
 
 
+@torch.no_grad()
 def test_quantized_weight_cache_follows_weight_updates():
     torch.manual_seed(0)
     layer = BitLinear(8, 4, bias=False, quantize_activations=False)
     x = torch.randn(2, 8)
-    before = layer(x).detach()
-    assert torch.equal(layer(x), before)  # served from the cache
-    with torch.no_grad():
-        layer.weight.mul_(-1)  # in-place update, as an optimizer step does
+    before = layer(x)
+    assert layer._w_cache is not None  # inference (no grad) caches
+    assert torch.equal(layer(x), before)
+    layer.weight.mul_(-1)  # in-place update, as an optimizer step does
     assert torch.allclose(layer(x), -before)
     layer.quant_lambda = 0.0
     assert torch.allclose(layer(x), x @ layer.weight.T)
+
+
+def test_bf16_autocast_backward():
+    torch.manual_seed(0)
+    layer = BitLinear(16, 8)
+    x = torch.randn(4, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
+    assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0

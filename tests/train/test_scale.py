@@ -89,6 +89,8 @@ def test_fsdp_preset_selects_fsdp2(tiny_config):
     assert isinstance(_strategy(tiny_config("trainer.strategy=fsdp")), ModelParallelStrategy)
     with pytest.raises(ValueError, match="name: fsdp"):
         _strategy(tiny_config("trainer.strategy={name: deepspeed}"))
+    with pytest.raises(ValueError, match="muon"):
+        _strategy(tiny_config("trainer=fsdp", "training.optimizer=muon"))
 
 
 # ---- the 2-process worker ----------------------------------------------------------------------

@@ -114,19 +114,21 @@ class BitLinear(nn.Linear):
         """Q_w(W) · Q_a(x) + b on an already transformed input (straight-through gradients)."""
         if self.quant_lambda == 0.0:
             return F.linear(x, self.weight, self.bias)
+        inference = not torch.is_grad_enabled()
         with torch.no_grad():
             x_q = x
             if self.quantize_activations:
                 x_q = _quantized_activation(x, self.quant_lambda)
-            w_q = self._cached_quantized_weight()
+            # cached only at inference: in training the cache would hold a full copy of every
+            # weight between steps (+5.6 GB per GPU for a 1.7B student, unsharded under FSDP)
+            w_q = self._cached_quantized_weight() if inference else self.quantized_weight()
         return ste_linear(x, self.weight, self.bias, x_q, w_q)
 
     def _cached_quantized_weight(self) -> torch.Tensor:
         """The quantized weight, recomputed only when the weight or lambda changed.
 
-        Optimizer steps and ``load_state_dict`` bump the weight's version counter, so the cache
-        serves every call between two updates: all micro-batches of an accumulated step, and
-        every decoding step at inference (measured: 3-4x faster fake-quant decoding).
+        In-place updates (optimizer steps, ``load_state_dict``) bump the weight's version
+        counter, which invalidates the cache; it serves every decoding step at inference.
         """
         w = self.weight
         key = (w.data_ptr(), w._version, self.quant_lambda, self.weight_quant)

@@ -63,15 +63,17 @@ class _STELinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, x_q, w_q):
         ctx.save_for_backward(x_q, w_q)
         ctx.has_bias = bias is not None
-        return torch.nn.functional.linear(x_q, w_q, bias)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return torch.nn.functional.linear(x_q, w_q, bias)  # autocast picks the compute dtype
 
     @staticmethod
-    def backward(ctx, grad_out):  # (..., out)
+    def backward(ctx, grad_out):  # (..., out), in the compute dtype (bf16 under autocast)
         x_q, w_q = ctx.saved_tensors
-        grad_x = grad_out @ w_q  # (..., in)
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        grad_x = (grad_out @ w_q.to(grad_out.dtype)).to(x_dtype)  # (..., in)
         g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (T, out)
-        grad_w = g2.t() @ x_q.reshape(-1, x_q.shape[-1])  # (out, in)
-        grad_b = g2.sum(0) if ctx.has_bias else None
+        grad_w = (g2.t() @ x_q.reshape(-1, x_q.shape[-1]).to(g2.dtype)).to(w_dtype)  # (out, in)
+        grad_b = g2.sum(0).to(b_dtype) if ctx.has_bias else None
         return grad_x, grad_w, grad_b, None, None
 
 

@@ -299,6 +299,10 @@ def _strategy(cfg: DictConfig):
     name = options.pop("name", None)
     if name != "fsdp":
         raise ValueError(f"trainer.strategy dict needs name: fsdp, got name={name!r}")
+    if cfg.training.optimizer == "muon":  # Newton-Schulz on a shard is not on the matrix
+        raise ValueError("training.optimizer=muon does not work with trainer=fsdp (Muon "
+                         "orthogonalises whole matrices, FSDP shards them): use "
+                         "training.optimizer=adamw, or trainer=ddp for Muon")
     # FSDP2 through Lightning: BitNetModule.configure_model shards the student (train/scale.py)
     from lightning.pytorch.strategies import ModelParallelStrategy
 
