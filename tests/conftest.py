@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random decoders built from configs, offline."""
+"""Shared fixtures: offline environment and a tiny random Llama (helpers in tiny_models.py)."""
 
 from __future__ import annotations
 
@@ -9,42 +9,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-TINY = dict(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
-
-# (config class, extra config kwargs) for every architecture conversion is tested on
-ARCHITECTURES = {
-    "llama": (transformers.LlamaConfig, {}),
-    "qwen2": (transformers.Qwen2Config, {}),  # q/k/v biases
-    "qwen3": (transformers.Qwen3Config, {"head_dim": 16}),  # q_norm / k_norm
-    "mistral": (transformers.MistralConfig, {"sliding_window": None}),
-}
-
-
-def tiny_config(arch: str = "llama", **overrides):
-    config_cls, extra = ARCHITECTURES[arch]
-    return config_cls(**{**TINY, **extra, **overrides})
-
-
-def tiny_model(arch: str = "llama", seed: int = 0, head: str = "causal", **overrides):
-    """A tiny random model; ``head`` is 'causal' or 'classification' (num_labels=2)."""
-    torch.manual_seed(seed)
-    config = tiny_config(arch, **overrides)
-    if head == "classification":
-        config.num_labels = 2
-        config.pad_token_id = 0
-        return transformers.AutoModelForSequenceClassification.from_config(config).eval()
-    return transformers.AutoModelForCausalLM.from_config(config).eval()
+from tiny_models import tiny_model  # noqa: E402
 
 
 @pytest.fixture

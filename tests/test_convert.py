@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, tiny_model
+from tiny_models import ARCHITECTURES, tiny_model
 
 from wrinklefree.convert import BitNetConfig, convert_model_to_bitnet, load_bitnet
 from wrinklefree.nn import BitLinear

@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny
+from tiny_bitnet import save_tiny
 
 from wrinklefree.cli import main
 from wrinklefree.export.gguf import _permute_for_rope, _unit, export_gguf, ternary_tensor_type

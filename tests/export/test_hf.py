@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import save_tiny
+from tiny_bitnet import save_tiny
 from transformers import AutoModelForCausalLM
 
 from wrinklefree.export.hf import export_hf, pack_transformers_bitnet

@@ -9,7 +9,7 @@ scales, tied head), which must agree to f16 precision.
 from __future__ import annotations
 
 import pytest
-from conftest import TEXT, save_tiny
+from tiny_bitnet import TEXT, save_tiny
 from transformers import AutoTokenizer
 
 from wrinklefree.export.gguf import export_gguf
