@@ -96,3 +96,10 @@ def test_cli_errors(tiny_folder, capsys):
         main(["eval", str(tiny_folder), "--task", "classification"])
     assert exit_info.value.code == 2
     assert "needs --train" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_perplexity_is_sane():
+    # a real pretrained model on held-out ASV: ~19 on 16 x 256 windows; short windows read higher
+    row = likelihood("smollm2", seq_len=64, num_windows=2)
+    assert 5 < row["perplexity"] < 100 and row["kind"] == "ar"
