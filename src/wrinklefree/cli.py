@@ -195,6 +195,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(config)
 
 
+def bench_dir() -> Path:
+    """The benchmark scripts (``bench/`` of the source checkout)."""
+    return Path(__file__).resolve().parents[2] / "bench"
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import runpy
+
+    available = sorted(p.stem for p in bench_dir().glob("*.py"))
+    if args.name is None:
+        print("benchmarks: " + ", ".join(available))
+        return
+    if args.name not in available:
+        raise ValueError(f"unknown benchmark '{args.name}'; available: {', '.join(available)}")
+    sys.argv = [f"wf bench {args.name}", *args.bench_args]
+    runpy.run_path(str(bench_dir() / f"{args.name}.py"), run_name="__main__")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from wrinklefree.train.plot import plot_run
 
@@ -249,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
     p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="run a benchmark from bench/ (prints a table and JSON)",
+                       description="Run bench/NAME.py; arguments after NAME go to the benchmark "
+                       "(e.g. `wf bench train_speed --model smollm2`, "
+                       "`wf bench inference --help`). Without NAME, list the benchmarks.")
+    p.add_argument("name", nargs="?", help="benchmark name (file stem in bench/)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plot", help="plot a run's loss curves, weights and perplexity to a PNG")
     p.add_argument("run_dir", help="a `wf train` run folder")

@@ -1,0 +1,29 @@
+import pytest
+
+from wrinklefree.cli import main
+
+
+def test_bench_lists_the_benchmarks(capsys):
+    main(["bench"])
+    out = capsys.readouterr().out
+    assert "train_speed" in out and "inference" in out
+
+
+def test_unknown_bench_is_named(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "nope"])
+    err = capsys.readouterr().err
+    assert "nope" in err and "train_speed" in err
+
+
+def test_bench_passes_its_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "train_speed", "--help"])
+    assert exit_info.value.code == 0
+    assert "--model" in capsys.readouterr().out
+
+
+def test_convert_missing_path_is_a_clear_error(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["info", str(tmp_path / "missing" / "model")])
+    assert "does not exist" in capsys.readouterr().err
