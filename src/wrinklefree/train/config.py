@@ -16,13 +16,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from wrinklefree.convert import BitNetConfig
+
 
 @dataclass
 class ModelConfig:
     source: str = "smollm2"  # 'smollm2', a .gguf file, a HF folder or hub id, a BitNet checkpoint
     dtype: str = "float32"
     attn_implementation: str | None = None  # None = the model's default (sdpa)
-    convert: dict[str, Any] = field(default_factory=dict)  # BitNetConfig fields (lrc_rank, ...)
+    convert: BitNetConfig = field(default_factory=BitNetConfig)  # every conversion option, typed
     calibration_batches: int = 4  # SubLN calibration on ASV train windows (0 = unit gains)
     teacher: str | None = "source"  # 'source' = full-precision copy of the source; a path; None
     dlm: bool = False  # add the <|mask|> token (needed by the DLM / TCS objectives)

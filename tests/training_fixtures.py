@@ -1,4 +1,5 @@
-"""A tiny model folder with the GPT-2 tokenizer and small text files, for end-to-end training."""
+"""Fixtures for end-to-end training (tests/train, tests/bench): a tiny model folder with the GPT-2
+tokenizer, small text files, and a fast `wf train` config."""
 
 from __future__ import annotations
 
