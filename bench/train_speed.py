@@ -1,13 +1,17 @@
 """Training-step cost of BitLinear versus full precision, measured in one process.
 
     .venv/bin/python bench/train_speed.py [--model tiny|smollm2] [--batch 4] [--seq-len 256]
-                                          [--repeats 3] [--json out.json]
+                                          [--repeats 3] [--threads N] [--clock wall|cpu]
+                                          [--compile] [--json out.json]
 
 Rows: one layer (nn.Linear vs BitLinear at lambda 1) at several shapes, forward + backward; and a
-whole model's optimizer step (forward + backward + AdamW) for fp32, ternary, and ternary + SubLN.
+whole model's optimizer step (forward + backward + AdamW as ``wf train`` builds it: fused on CPU)
+for fp32, ternary, and ternary + SubLN (``--compile`` adds both compiled with torch.compile).
 Timings interleave the variants and keep the median of ``--repeats`` so machine noise hits them
-alike; the ratio to full precision is the number that matters. ``peak_rss_mb`` is the process's
-peak resident memory after each model row (monotone within a run: compare increments).
+alike; the ratio to full precision is the number that matters. ``--clock cpu`` times process CPU
+seconds instead of wall seconds: steadier on a shared machine (use it with ``--threads 1``).
+``peak_rss_mb`` is the process's peak resident memory after each model row (monotone within a
+run: compare increments).
 """
 
 from __future__ import annotations
@@ -24,17 +28,22 @@ import torch.nn as nn
 
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.nn import BitLinear
+from wrinklefree.train.optim import build_optimizer
 
 LAYER_SHAPES = [(576, 576), (576, 1536), (1536, 576), (2048, 2048)]
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
 
 
 def _median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -69,17 +78,23 @@ def _load(model_name: str):
     return load_model("smollm2")
 
 
-def model_rows(model_name: str, batch: int, seq_len: int, repeats: int) -> list[dict]:
+def model_rows(model_name: str, batch: int, seq_len: int, repeats: int,
+               compile_models: bool = False) -> list[dict]:
     source = _load(model_name).train()
     variants = {
         "fp32": source,
         "ternary": convert_model_to_bitnet(copy.deepcopy(source), insert_subln=False),
         "ternary + SubLN": convert_model_to_bitnet(copy.deepcopy(source)),
     }
+    if compile_models:
+        variants["fp32 compiled"] = copy.deepcopy(source)
+        variants["ternary + SubLN compiled"] = convert_model_to_bitnet(copy.deepcopy(source))
+        for name in ("fp32 compiled", "ternary + SubLN compiled"):
+            variants[name].compile()
     ids = torch.randint(0, source.config.vocab_size, (batch, seq_len))
     steps = {}
     for name, model in variants.items():
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        optimizer = build_optimizer(model, "adamw", 1e-5, 0.0, (0.9, 0.95))
 
         def step(model=model, optimizer=optimizer):
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
@@ -90,12 +105,12 @@ def model_rows(model_name: str, batch: int, seq_len: int, repeats: int) -> list[
         steps[name] = step
     times: dict[str, list[float]] = {name: [] for name in variants}
     for step in steps.values():
-        step()  # warm-up (allocates optimizer state)
+        step()  # warm-up (allocates optimizer state, compiles)
     for _ in range(repeats):  # interleaved
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = clock()
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     fp = statistics.median(times["fp32"])
     rows = []
     for name in variants:
@@ -112,11 +127,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall seconds, or process CPU seconds (steadier under load)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile'd fp32 and ternary + SubLN rows (slow to build)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = layer_rows(args.batch * args.seq_len, args.repeats)
-    rows += model_rows(args.model, args.batch, args.seq_len, args.repeats)
-    print(f"threads: {torch.get_num_threads()}, tokens per step: {args.batch * args.seq_len}")
+    rows += model_rows(args.model, args.batch, args.seq_len, args.repeats, args.compile)
+    print(f"threads: {torch.get_num_threads()}, clock: {args.clock}, "
+          f"tokens per step: {args.batch * args.seq_len}")
     print(f"| {'row':32s} | {'seconds':>8s} | {'ratio to fp32':>13s} |")
     print(f"|{'-' * 34}|{'-' * 10}|{'-' * 15}|")
     for r in rows:

@@ -53,6 +53,15 @@ def test_ste_mix_forward_and_gradient():
     assert torch.equal(x.grad, torch.ones(2)), "straight-through: identity gradient"
 
 
+def test_ste_mix_without_autograd_gives_the_same_value():
+    x, q = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
+    assert torch.allclose(ste_mix(x, q, 0.25), torch.tensor([0.75, 2.5]))  # one fused lerp
+    with torch.no_grad():
+        x_grad = x.clone().requires_grad_()
+        assert torch.allclose(ste_mix(x_grad, q, 0.25), torch.tensor([0.75, 2.5]))
+    assert ste_mix(x, q, 1.0) is q, "lambda 1 is Q(x) itself: no pass at all"
+
+
 def test_lambda_warmup_shapes():
     lin = LambdaWarmup(warmup_steps=10, shape="linear")
     assert [lin(s) for s in (0, 5, 10, 20)] == [0.0, 0.5, 1.0, 1.0]

@@ -31,7 +31,8 @@ def ternary_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def ternary_weight_quant(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     """Fake-quantized ternary weight gamma * RoundClip(W / gamma, -1, 1) (BitNet b1.58, Eq. 1-3)."""
     scale = absmean_scale(w, per_channel)
-    return ((w.float() / scale).round().clamp(-1, 1) * scale).to(w.dtype)
+    # in place on the one temporary: every extra full-size allocation costs a pass (and page faults)
+    return (w.float() / scale).round_().clamp_(-1, 1).mul_(scale).to(w.dtype)
 
 
 def absmax_activation_quant(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
@@ -42,8 +43,9 @@ def absmax_activation_quant(x: torch.Tensor, bits: int = 8, eps: float = EPS) ->
     """
     q_max = 2 ** (bits - 1) - 1
     xf = x.float()
-    scale = q_max / xf.abs().amax(dim=-1, keepdim=True).clamp(min=eps)  # (..., 1)
-    return ((xf * scale).round().clamp(-q_max - 1, q_max) / scale).to(x.dtype)
+    absmax = torch.linalg.vector_norm(xf, float("inf"), dim=-1, keepdim=True)  # (..., 1)
+    scale = q_max / absmax.clamp(min=eps)  # (..., 1)
+    return (xf * scale).round_().clamp_(-q_max - 1, q_max).div_(scale).to(x.dtype)
 
 
 def ste_mix(x: torch.Tensor, x_quant: torch.Tensor, lam: float) -> torch.Tensor:
@@ -51,9 +53,12 @@ def ste_mix(x: torch.Tensor, x_quant: torch.Tensor, lam: float) -> torch.Tensor:
 
     Forward value is (1 - lam) * x + lam * Q(x); the gradient is the identity (BitNet, Sec. 2.1;
     lambda warm-up from HF's "Fine-tuning LLMs to 1.58bit", 2024). lam=0 is full precision,
-    lam=1 the fully quantized model.
+    lam=1 the fully quantized model. With nothing to differentiate (no grad mode, or ``x`` not
+    requiring grad) the same value comes from one fused pass, or none at lam=1.
     """
-    return x + lam * (x_quant - x).detach()
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x + lam * (x_quant - x).detach()
+    return x_quant if lam == 1.0 else torch.lerp(x, x_quant, lam)
 
 
 class _STELinear(torch.autograd.Function):

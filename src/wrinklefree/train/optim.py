@@ -54,6 +54,19 @@ def _is_hidden_matrix(name: str, param: nn.Parameter, model: nn.Module) -> bool:
     return param.ndim == 2 and id(param) not in embeddings and "score" not in name
 
 
+def can_fuse(params: list[torch.Tensor]) -> bool:
+    """Whether AdamW's fused kernel applies: plain float tensors on one CPU or CUDA device.
+
+    On CPU it makes the optimizer step ~6x cheaper than the per-parameter loop (bench/
+    train_speed.py); sharded (DTensor) parameters keep the default implementation.
+    """
+    from torch.distributed.tensor import DTensor
+
+    devices = {p.device for p in params}
+    return (len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda")
+            and all(p.is_floating_point() and not isinstance(p, DTensor) for p in params))
+
+
 def build_optimizer(
     model: nn.Module, name: str, lr: float, weight_decay: float, betas: Iterable[float]
 ) -> torch.optim.Optimizer:
@@ -64,15 +77,17 @@ def build_optimizer(
         raise ValueError("the model has no trainable parameters")
     betas = tuple(betas)
     if name == "adamw":
-        return torch.optim.AdamW([p for _, p in named], lr=lr, weight_decay=weight_decay,
-                                 betas=betas)
+        params = [p for _, p in named]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas,
+                                 fused=can_fuse(params))
     if name == "muon":
         hidden = [p for n, p in named if _is_hidden_matrix(n, p, model)]
         rest = [p for n, p in named if not _is_hidden_matrix(n, p, model)]
         muon = torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay,
                                 adjust_lr_fn="match_rms_adamw")
-        adamw = torch.optim.AdamW(rest or [torch.zeros(1, requires_grad=True)], lr=lr,
-                                  weight_decay=weight_decay, betas=betas)
+        rest = rest or [torch.zeros(1, requires_grad=True)]
+        adamw = torch.optim.AdamW(rest, lr=lr, weight_decay=weight_decay, betas=betas,
+                                  fused=can_fuse(rest))
         return MuonWithAdamW(muon, adamw)
     raise ValueError(f"unknown optimizer '{name}'; use adamw or muon")
 
