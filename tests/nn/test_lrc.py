@@ -100,6 +100,24 @@ def test_forward_is_bitlinear_plus_low_rank_after_subln():
     torch.testing.assert_close(lrc(x), base(x) + h @ lrc.lrc_V @ lrc.lrc_U.T)
 
 
+def test_correction_is_scaled_by_lambda_like_the_error_it_corrects():
+    # W = 0, U = [[1]], V = [[1], [2]], x = [0.3, 0.1]: U·Vᵀ·x = 0.5; at lambda 0.25 it is 0.125
+    layer = BitLinearLRC(2, 1, bias=False, rank=1, quant_lambda=0.25)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.lrc_U.fill_(1.0)
+        layer.lrc_V.copy_(torch.tensor([[1.0], [2.0]]))
+    torch.testing.assert_close(layer(torch.tensor([[0.3, 0.1]])), torch.tensor([[0.125]]))
+
+
+def test_svd_initialised_layer_is_exactly_full_precision_at_lambda_zero():
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 6)
+    lrc = BitLinearLRC.from_bitlinear(BitLinear.from_linear(linear, quant_lambda=0.0), rank=3)
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(lrc(x), linear(x))  # lambda warm-up starts from the source
+
+
 def test_kaiming_init_starts_as_bitlinear_and_trains():
     torch.manual_seed(0)
     base = BitLinear(8, 6)

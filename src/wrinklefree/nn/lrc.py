@@ -55,7 +55,10 @@ def resolve_lrc_rank(rank: float | int, in_features: int, out_features: int) -> 
 
 class BitLinearLRC(BitLinear):
     """BitLinear plus a full-precision low-rank path: y = Q_w(W)·Q_a(h) + b + U·(Vᵀ·h),
-    h = H·SubLN(x) (LRC, arXiv 2412.07902, Eq. 2; U Vᵀ written as in the paper)."""
+    h = H·SubLN(x) (LRC, arXiv 2412.07902, Eq. 2; U Vᵀ written as in the paper).
+
+    Under lambda warm-up the path is scaled by lambda, as the quantization error it corrects
+    is: at lambda 0 the layer is exactly the full-precision one, at lambda 1 the paper's."""
 
     def __init__(
         self,
@@ -147,7 +150,14 @@ class BitLinearLRC(BitLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         h = self.transform_input(x)  # unquantized input of the weight
-        return self.quantized_linear(h) + (h @ self.lrc_V) @ self.lrc_U.T
+        y = self.quantized_linear(h)
+        if self.quant_lambda == 0.0:  # full precision: no quantization error to correct
+            return y
+        correction = (h @ self.lrc_V) @ self.lrc_U.T  # (..., r) -> (..., out)
+        # scaled like the error it corrects: W - mix(W, Q(W), lambda) = lambda (W - Q(W)), so
+        # lambda warm-up starts from the exact full-precision layer (measured: unscaled, the
+        # SVD-initialised correction broke the model at lambda 0, bench/quality.py)
+        return y + correction if self.quant_lambda == 1.0 else y + self.quant_lambda * correction
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, lrc_rank={self.lrc_rank}"
