@@ -135,7 +135,7 @@ def plot(rows: list[dict], tokens_per_step: int, out: Path) -> Path:
                ylabel="CE (nats)", yscale="log")
     curves.legend(fontsize=7)
     labels = [row["label"] for row in rows]
-    bars.barh(labels, [row["ratio_to_teacher"] for row in rows])
+    bars.bar_label(bars.barh(labels, [row["ratio_to_teacher"] for row in rows]), fmt="%.1f")
     bars.set(title="held-out perplexity / full-precision teacher", xscale="log")
     bars.invert_yaxis()
     fig.tight_layout()

@@ -7,8 +7,9 @@
 Rows: one layer (nn.Linear vs BitLinear at lambda 1) at several shapes, forward + backward; and a
 whole model's optimizer step (forward + backward + AdamW as ``wf train`` builds it: fused on CPU)
 for fp32, ternary, and ternary + SubLN (``--compile`` adds both compiled with torch.compile).
-Timings interleave the variants and keep the median of ``--repeats`` so machine noise hits them
-alike; the ratio to full precision is the number that matters. ``--clock cpu`` times process CPU
+Timings interleave the variants and keep the best of ``--repeats`` (timeit's rule: noise only ever
+adds time) so machine noise hits them alike; the ratio to full precision is the number that
+matters. ``--clock cpu`` times process CPU
 seconds instead of wall seconds: steadier on a shared machine (use it with ``--threads 1``).
 ``peak_rss_mb`` is the process's peak resident memory after each model row (monotone within a
 run: compare increments).
@@ -20,7 +21,6 @@ import argparse
 import copy
 import json
 import resource
-import statistics
 import time
 
 import torch
@@ -37,14 +37,14 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _best_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = clock()
         fn()
         times.append(clock() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def layer_rows(tokens: int, repeats: int) -> list[dict]:
@@ -58,8 +58,8 @@ def layer_rows(tokens: int, repeats: int) -> list[dict]:
         def step(layer, x=x):
             return lambda: layer(x).sum().backward()
 
-        fp = _median_seconds(step(linear), repeats)
-        bl = _median_seconds(step(bit), repeats)
+        fp = _best_seconds(step(linear), repeats)
+        bl = _best_seconds(step(bit), repeats)
         rows.append({"row": f"layer {d_in}x{d_out}", "fp32_s": fp, "bitnet_s": bl,
                      "ratio": bl / fp})
     return rows
@@ -111,10 +111,10 @@ def model_rows(model_name: str, batch: int, seq_len: int, repeats: int,
             start = clock()
             step()
             times[name].append(clock() - start)
-    fp = statistics.median(times["fp32"])
+    fp = min(times["fp32"])
     rows = []
     for name in variants:
-        seconds = statistics.median(times[name])
+        seconds = min(times[name])
         rows.append({"row": f"{model_name} step: {name}", "seconds": seconds, "ratio": seconds / fp,
                      "tokens_per_s": batch * seq_len / seconds,
                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})

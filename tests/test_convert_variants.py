@@ -36,6 +36,15 @@ def test_hadamard_with_quantization_off_is_function_preserving(sizes):
     torch.testing.assert_close(_logits(model, IDS), expected, rtol=0, atol=1e-5)
 
 
+def test_hadamard_after_calibrated_subln_changes_nothing_with_quantization_off():
+    calibration = [{"input_ids": IDS}]
+    subln = convert_model_to_bitnet(_tiny_llama(), quant_lambda=0.0,
+                                    calibration_batches=calibration)
+    both = convert_model_to_bitnet(_tiny_llama(), hadamard=True, quant_lambda=0.0,
+                                   calibration_batches=calibration)
+    torch.testing.assert_close(_logits(both, IDS), _logits(subln, IDS), rtol=0, atol=1e-5)
+
+
 def test_hadamard_targets_only_output_projections_and_rotates_their_weight():
     source = _tiny_llama(*SIZES["non_pow2"])
     w_down = source.model.layers[0].mlp.down_proj.weight.detach().clone()
