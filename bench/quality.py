@@ -166,17 +166,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if steps < 2:
         raise ValueError(f"--steps {steps}: the study needs at least 2 steps")
     out = Path(args.out)
-    for name in args.recipes:
-        recipe_overrides(name, steps)  # fail on a bad name before hours of training
+    from wrinklefree.cli import compose_train_config
+
+    for name in args.recipes:  # a bad recipe name or override fails now, not hours in
+        compose_train_config([*shared_overrides(args.scale, steps, out, name),
+                              *recipe_overrides(name, steps), *args.set])
+    budget = compose_train_config([*shared_overrides(args.scale, steps, out, "budget"), *args.set])
+    tokens_per_step = budget.training.batch_size * budget.training.grad_accum * budget.data.seq_len
     rows = []
     for name in args.recipes:
         overrides = [*shared_overrides(args.scale, steps, out, name),
                      *recipe_overrides(name, steps), *args.set]
         print(f"=== recipe {name}: {LABELS[name]}", flush=True)
         rows.append(run_recipe(name, overrides, out / name, args.fresh, args.keep_models))
-    from wrinklefree.cli import compose_train_config  # the budget as the runs saw it
-    cfg = compose_train_config(shared_overrides(args.scale, steps, out, "x") + args.set)
-    tokens_per_step = cfg.training.batch_size * cfg.training.grad_accum * cfg.data.seq_len
     png = plot(rows, tokens_per_step, out)
     summary = {"scale": args.scale, "steps": steps, "tokens": steps * tokens_per_step,
                "rows": rows}

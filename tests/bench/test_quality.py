@@ -25,6 +25,12 @@ def test_every_recipe_composes_into_a_valid_config():
         QUALITY["recipe_overrides"]("nope", 40)
 
 
+def test_a_bad_override_fails_before_any_training(tmp_path):
+    with pytest.raises(ValueError, match="training.lrr"):
+        QUALITY["main"](["--recipes", "sft", "--out", str(tmp_path), "--set", "training.lrr=1"])
+    assert not (tmp_path / "sft").exists()
+
+
 def test_study_runs_reports_and_resumes(tiny_source, text_files, tmp_path, capsys):
     extra = [f"model.source={tiny_source}",
              f"data.sources=[{{name: words, path: '{text_files['words']}'}}]",
