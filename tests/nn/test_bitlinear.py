@@ -94,6 +94,27 @@ def test_quantized_weight_cache_follows_weight_updates():
     assert torch.allclose(layer(x), x @ layer.weight.T)
 
 
+def test_cache_is_dropped_after_training_with_fused_adamw():
+    # fused AdamW updates the weight without bumping its version counter: validation, then
+    # training steps, then a final evaluation must not see the validation-time weight
+    torch.manual_seed(0)
+    layer = BitLinear(8, 4, bias=False, quantize_activations=False)
+    x = torch.randn(2, 8)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.5, fused=True)
+    layer.eval()
+    stale = layer(x)  # validation: caches Q(W)
+    layer.train()
+    for _ in range(3):
+        layer(x).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    layer.eval()
+    with torch.no_grad():
+        fresh = x @ layer.quantized_weight().T
+    assert not torch.allclose(fresh, stale)
+    torch.testing.assert_close(layer(x), fresh)
+
+
 def test_bf16_autocast_backward():
     torch.manual_seed(0)
     layer = BitLinear(16, 8)

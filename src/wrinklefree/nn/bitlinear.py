@@ -127,8 +127,9 @@ class BitLinear(nn.Linear):
     def _cached_quantized_weight(self) -> torch.Tensor:
         """The quantized weight, recomputed only when the weight or lambda changed.
 
-        In-place updates (optimizer steps, ``load_state_dict``) bump the weight's version
-        counter, which invalidates the cache; it serves every decoding step at inference.
+        In-place updates (``load_state_dict``, most optimizers) bump the weight's version
+        counter, which invalidates the cache; it serves every decoding step at inference. Fused
+        AdamW does *not* bump it, so :meth:`train` / ``eval()`` also drop the cache.
         """
         w = self.weight
         key = (w.data_ptr(), w._version, self.quant_lambda, self.weight_quant)
@@ -137,6 +138,12 @@ class BitLinear(nn.Linear):
             cached = (key, self.quantized_weight())
             self._w_cache = cached
         return cached[1]
+
+    def train(self, mode: bool = True) -> BitLinear:
+        # every switch (e.g. validation -> training -> final evaluation) forgets the cached
+        # quantized weight: training may have changed the weight without bumping its version
+        self._w_cache = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         return self.quantized_linear(self.transform_input(x))
