@@ -102,7 +102,8 @@ def test_cache_is_dropped_after_training_with_fused_adamw():
     x = torch.randn(2, 8)
     optimizer = torch.optim.AdamW(layer.parameters(), lr=0.5, fused=True)
     layer.eval()
-    stale = layer(x)  # validation: caches Q(W)
+    with torch.no_grad():
+        stale = layer(x)  # validation: caches Q(W)
     layer.train()
     for _ in range(3):
         layer(x).square().sum().backward()
@@ -111,8 +112,8 @@ def test_cache_is_dropped_after_training_with_fused_adamw():
     layer.eval()
     with torch.no_grad():
         fresh = x @ layer.quantized_weight().T
-    assert not torch.allclose(fresh, stale)
-    torch.testing.assert_close(layer(x), fresh)
+        assert not torch.allclose(fresh, stale)
+        torch.testing.assert_close(layer(x), fresh)  # final evaluation: the trained weight
 
 
 def test_bf16_autocast_backward():
