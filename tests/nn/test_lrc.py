@@ -77,14 +77,20 @@ def test_svd_init_ignores_the_current_lambda():
     assert (a.lrc_U @ a.lrc_V.T).abs().max() > 0
 
 
-def test_low_rank_path_uses_unquantized_activations():
-    # W = 0 -> the ternary part is 0; U = [[1]], V = [[1], [2]]: y = 0.3·1 + 0.1·2 = 0.5 exactly.
-    # (With int8 absmax activations 0.1 would become 42/127·0.3 and y = 0.4984.)
-    layer = BitLinearLRC(2, 1, bias=False, rank=1)
+def _hand_lrc_layer(quant_lambda: float = 1.0) -> BitLinearLRC:
+    """W = 0 (the ternary part is 0), U = [[1]], V = [[1], [2]]."""
+    layer = BitLinearLRC(2, 1, bias=False, rank=1, quant_lambda=quant_lambda)
     with torch.no_grad():
         layer.weight.zero_()
         layer.lrc_U.fill_(1.0)
         layer.lrc_V.copy_(torch.tensor([[1.0], [2.0]]))
+    return layer
+
+
+def test_low_rank_path_uses_unquantized_activations():
+    # y = 0.3·1 + 0.1·2 = 0.5 exactly.
+    # (With int8 absmax activations 0.1 would become 42/127·0.3 and y = 0.4984.)
+    layer = _hand_lrc_layer()
     torch.testing.assert_close(layer(torch.tensor([[0.3, 0.1]])), torch.tensor([[0.5]]))
 
 
@@ -101,12 +107,8 @@ def test_forward_is_bitlinear_plus_low_rank_after_subln():
 
 
 def test_correction_is_scaled_by_lambda_like_the_error_it_corrects():
-    # W = 0, U = [[1]], V = [[1], [2]], x = [0.3, 0.1]: U·Vᵀ·x = 0.5; at lambda 0.25 it is 0.125
-    layer = BitLinearLRC(2, 1, bias=False, rank=1, quant_lambda=0.25)
-    with torch.no_grad():
-        layer.weight.zero_()
-        layer.lrc_U.fill_(1.0)
-        layer.lrc_V.copy_(torch.tensor([[1.0], [2.0]]))
+    # x = [0.3, 0.1]: U·Vᵀ·x = 0.5; at lambda 0.25 it is 0.125
+    layer = _hand_lrc_layer(quant_lambda=0.25)
     torch.testing.assert_close(layer(torch.tensor([[0.3, 0.1]])), torch.tensor([[0.125]]))
 
 

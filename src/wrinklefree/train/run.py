@@ -222,7 +222,7 @@ def train(config: DictConfig | dict) -> Path:
     student.train()
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
     if total_steps % cfg.training.checkpoint_every:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if world > 1 and not is_sharded(student):  # replicas (ddp); fsdp ranks hold shards
         report["ddp_weight_checksums"] = _rank_checksums(trainer, student)
     student = gathered_student(student, trainer.strategy.root_device)  # fsdp: one whole copy
