@@ -182,7 +182,7 @@ def main() -> None:
     ids = torch.tensor([tokenizer(asv_text()[:20_000])["input_ids"][: args.prompt_len]])
     rows = [ar_row("PyTorch fp32", model, ids, args.new_tokens)]
 
-    convert_model_to_bitnet(model)
+    convert_model_to_bitnet(model, tokenizer=tokenizer)  # SubLN calibrated on ASV text
     mask_id = add_mask_token(tokenizer, model)
     rows.append(ar_row("PyTorch ternary (fake-quant) AR", model, ids, args.new_tokens))
     prompt_s = rows[-1]["prompt_s"]

@@ -1,11 +1,15 @@
 """The recipe study: what each part of the BitNet / BitDistill recipe buys at one token budget.
 
-    wf bench quality [--scale cpu|gpu] [--steps N] [--recipes sft subln ...] [--out DIR]
-                     [--fresh] [--keep-models] [--set KEY=VALUE ...]
+    wf bench quality [--scale cpu|gpu] [--steps N] [--seeds N] [--recipes sft subln ...]
+                     [--out DIR] [--fresh] [--keep-models] [--set KEY=VALUE ...]
 
 Every recipe converts SmolLM2-135M-Instruct (embedded, offline), trains it with ``wf train`` on the
-ASV text for the same number of tokens, and is scored by the held-out perplexity of the trained
-student (the same windows for every recipe) as a ratio to the full-precision teacher's. The
+ASV text for the same number of tokens, and is scored on two domains, the held-out ASV and general
+English news that no recipe trains on (the same windows for every recipe), as the ratio of the
+trained student's perplexity to the full-precision teacher's, plus how degenerate its greedy
+samples are (rep-4: repeated 4-grams, distinct-2; ``wrinklefree.eval.degeneration``). With
+``--seeds N`` every recipe runs at seeds 0..N-1 (``data.seed`` and ``training.seed``) and the
+table shows mean ± sd. The
 ladder is cumulative, as in BitDistill (arXiv 2510.13998, Table 1 ablations):
 
     sft      BitNet-SFT: plain conversion (no SubLN), quantization on from step 0, CE only
@@ -21,8 +25,9 @@ rotation of the o_proj / down_proj inputs, BitNet v2).
 
 ``--scale cpu`` (default) is 40 steps x 4 x 128 tokens (20,480 tokens; about 45 minutes for the
 six-rung ladder on 2 CPU cores); ``--scale gpu`` is 1000 steps x 16 x 512 tokens (8.2 M tokens)
-with ``trainer=single_gpu`` (bf16-mixed). A recipe whose ``report.json`` exists in ``--out`` is
-not run again (``--fresh`` reruns), so an interrupted study resumes where it stopped. Writes
+with ``trainer=single_gpu`` (bf16-mixed). A recipe seed whose ``report.json`` exists in
+``--out/<recipe>/seed<N>`` is not run again (``--fresh`` reruns), so an interrupted study
+resumes where it stopped. Writes
 ``quality.json`` and ``quality.png`` (CE curves and ratios) to ``--out``, and prints a table.
 """
 
@@ -72,21 +77,24 @@ def recipe_overrides(name: str, steps: int) -> list[str]:
     return recipes[name]
 
 
-def shared_overrides(scale: str, steps: int, out: Path, name: str) -> list[str]:
-    """The budget every recipe shares: steps, batch, window, learning rate, evaluation."""
+def shared_overrides(scale: str, steps: int, out: Path, name: str, seed: int = 0) -> list[str]:
+    """The budget every recipe shares: steps, batch, window, learning rate, evaluation; ``seed``
+    sets both the data order and the training seed (initialisation-free here, but DLM masks,
+    dropout-free sampling and the window order all follow it)."""
     return [
         *SCALES[scale]["overrides"],
         f"training.max_steps={steps}",
         "training.lr=1e-3", "training.warmup_steps=5", "training.scheduler=cosine",
         f"training.val_every={steps}", f"training.checkpoint_every={steps}",
         "training.keep_last=1", "logging.progress_bar=false", "logging.tensorboard=false",
-        f"name=quality-{name}", f"run_dir={out / name}",
+        f"data.seed={seed}", f"training.seed={seed}",
+        f"name=quality-{name}-seed{seed}", f"run_dir={out / name / f'seed{seed}'}",
     ]
 
 
 def run_recipe(name: str, overrides: list[str], run_dir: Path, fresh: bool,
                keep_models: bool) -> dict:
-    """Train one recipe (or reuse its finished report) and summarise it."""
+    """Train one recipe at one seed (or reuse its finished report) and summarise it."""
     from wrinklefree.cli import compose_train_config
     from wrinklefree.train.plot import read_metrics
     from wrinklefree.train.run import train
@@ -107,20 +115,47 @@ def run_recipe(name: str, overrides: list[str], run_dir: Path, fresh: bool,
     metrics = read_metrics(run_dir)
     ce = [v for _, v in metrics.get("train/continue_pretrain/loss", [])]
     speed = [v for _, v in metrics.get("tok/s", [])]
-    teacher, trained = report["teacher"]["perplexity"], report["trained"]["perplexity"]
+    teacher, trained = report["teacher"]["domains"], report["trained"]["domains"]
     return {
         "recipe": name, "label": LABELS[name], "overrides": overrides,
-        "teacher_ppl": teacher, "converted_ppl": report["converted"]["perplexity"],
-        "trained_ppl": trained, "ratio_to_teacher": trained / teacher,
+        "teacher_ppl": teacher, "converted_ppl": report["converted"]["domains"],
+        "trained_ppl": trained, "ratio": {d: trained[d] / teacher[d] for d in teacher},
+        "rep4": report["trained"]["rep4"], "distinct2": report["trained"]["distinct2"],
         "final_train_ce": statistics.fmean(ce[-5:]) if ce else None,
         "tokens_per_s": statistics.median(speed) if speed else None,
-        "wall_s": report.get("wall_s"), "sample": report["trained"]["sample"],
+        "wall_s": report.get("wall_s"), "samples": report["trained"]["samples"],
         "ce_curve": metrics.get("train/continue_pretrain/loss", []),
     }
 
 
+def mean_sd(values: list[float | None]) -> tuple[float | None, float]:
+    """Mean and sample standard deviation (0 for one value); None when nothing was measured."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One row per recipe over its seeds: mean and sd of every reported number."""
+    first = runs[0]
+    domains = list(first["ratio"])
+    row = {"recipe": first["recipe"], "label": first["label"], "seeds": len(runs),
+           "overrides": first["overrides"], "runs": runs, "ce_curve": first["ce_curve"],
+           "teacher_ppl": first["teacher_ppl"]}
+    for d in domains:
+        row[f"converted_{d}"] = mean_sd([r["converted_ppl"][d] for r in runs])
+        row[f"trained_{d}"] = mean_sd([r["trained_ppl"][d] for r in runs])
+        row[f"ratio_{d}"] = mean_sd([r["ratio"][d] for r in runs])
+    for key in ("rep4", "distinct2", "final_train_ce", "tokens_per_s", "wall_s"):
+        row[key] = mean_sd([r[key] for r in runs])
+    row["ratio_to_teacher"] = row["ratio_asv"][0]  # the one-domain number of earlier studies
+    return row
+
+
 def plot(rows: list[dict], tokens_per_step: int, out: Path) -> Path:
-    """CE training curves (moving average over 5 steps) and the perplexity ratios."""
+    """CE training curves (first seed, moving average over 5 steps) and the perplexity ratios
+    to the teacher on both domains (mean, sd as error bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,18 +166,51 @@ def plot(rows: list[dict], tokens_per_step: int, out: Path) -> Path:
         steps, values = zip(*row["ce_curve"], strict=True) if row["ce_curve"] else ((), ())
         smooth = [statistics.fmean(values[max(0, i - 4):i + 1]) for i in range(len(values))]
         curves.plot([s * tokens_per_step for s in steps], smooth, label=row["label"])
-    curves.set(title="training cross-entropy (5-step average)", xlabel="tokens",
+    curves.set(title="training cross-entropy (5-step average, first seed)", xlabel="tokens",
                ylabel="CE (nats)", yscale="log")
     curves.legend(fontsize=7)
-    labels = [row["label"] for row in rows]
-    bars.bar_label(bars.barh(labels, [row["ratio_to_teacher"] for row in rows]), fmt="%.1f")
-    bars.set(title="held-out perplexity / full-precision teacher", xscale="log")
+    positions = range(len(rows))
+    for offset, domain in ((-0.2, "asv"), (0.2, "english")):
+        means = [row[f"ratio_{domain}"][0] for row in rows]
+        sds = [row[f"ratio_{domain}"][1] for row in rows]
+        bar = bars.barh([p + offset for p in positions], means, height=0.4, xerr=sds,
+                        label=f"{domain} (held out)" if domain == "asv" else
+                        f"{domain} (never trained on)")
+        bars.bar_label(bar, fmt="%.1f", fontsize=7)
+    bars.set_yticks(list(positions), [row["label"] for row in rows])
+    seeds = max(row["seeds"] for row in rows)
+    bars.set(title=f"perplexity / full-precision teacher (mean of {seeds} seed(s))",
+             xscale="log")
+    bars.legend(fontsize=7)
     bars.invert_yaxis()
     fig.tight_layout()
     path = out / "quality.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _cell(value: tuple[float | None, float], fmt: str) -> str:
+    """'mean ± sd' (just the mean for one seed); '-' when not measured."""
+    mean, sd = value
+    if mean is None:
+        return "-"
+    return f"{mean:{fmt}} ± {sd:{fmt}}" if sd else f"{mean:{fmt}}"
+
+
+def print_table(rows: list[dict]) -> None:
+    """The markdown table docs/benchmarks.md shows."""
+    head = ["recipe", "converted asv", "trained asv", "trained english", "asv / teacher",
+            "english / teacher", "rep-4", "distinct-2", "train CE", "tok/s"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
+    for r in rows:
+        cells = [r["label"], _cell(r["converted_asv"], ".3g"), _cell(r["trained_asv"], ".1f"),
+                 _cell(r["trained_english"], ".1f"), _cell(r["ratio_asv"], ".2f"),
+                 _cell(r["ratio_english"], ".2f"), _cell(r["rep4"], ".2f"),
+                 _cell(r["distinct2"], ".2f"), _cell(r["final_train_ce"], ".3f"),
+                 _cell(r["tokens_per_s"], ".1f")]
+        print("| " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -156,6 +224,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help=f"recipes to run, in order (default: the ladder; any of "
                              f"{', '.join(LABELS)})")
     parser.add_argument("--out", default="runs/quality", help="folder of the recipe runs")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="seeds 0..N-1 per recipe (data.seed and training.seed); the table "
+                        "shows mean ± sd")
     parser.add_argument("--fresh", action="store_true", help="rerun recipes already reported")
     parser.add_argument("--keep-models", action="store_true",
                         help="keep each recipe's final model and checkpoint (~2 GB each)")
@@ -165,6 +236,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     steps = args.steps if args.steps is not None else SCALES[args.scale]["steps"]
     if steps < 2:
         raise ValueError(f"--steps {steps}: the study needs at least 2 steps")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: give at least 1")
     out = Path(args.out)
     from wrinklefree.cli import compose_train_config
 
@@ -175,23 +248,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tokens_per_step = budget.training.batch_size * budget.training.grad_accum * budget.data.seq_len
     rows = []
     for name in args.recipes:
-        overrides = [*shared_overrides(args.scale, steps, out, name),
-                     *recipe_overrides(name, steps), *args.set]
-        print(f"=== recipe {name}: {LABELS[name]}", flush=True)
-        rows.append(run_recipe(name, overrides, out / name, args.fresh, args.keep_models))
+        runs = []
+        for seed in range(args.seeds):
+            overrides = [*shared_overrides(args.scale, steps, out, name, seed),
+                         *recipe_overrides(name, steps), *args.set]
+            print(f"=== recipe {name}: {LABELS[name]}, seed {seed}", flush=True)
+            runs.append(run_recipe(name, overrides, out / name / f"seed{seed}", args.fresh,
+                                   args.keep_models))
+        rows.append(aggregate(runs))
     png = plot(rows, tokens_per_step, out)
-    summary = {"scale": args.scale, "steps": steps, "tokens": steps * tokens_per_step,
-               "rows": rows}
+    summary = {"scale": args.scale, "steps": steps, "seeds": args.seeds,
+               "tokens": steps * tokens_per_step, "rows": rows}
     (out / "quality.json").write_text(json.dumps(summary, indent=1))
-    print(f"budget: {steps} steps x {tokens_per_step} tokens = {steps * tokens_per_step} tokens; "
-          f"teacher perplexity {rows[0]['teacher_ppl']:.2f}")
-    print(f"| {'recipe':32s} | {'converted':>10s} | {'trained':>9s} | {'/ teacher':>9s} "
-          f"| {'train CE':>8s} | {'tok/s':>6s} |")
-    print(f"|{'-' * 34}|{'-' * 12}|{'-' * 11}|{'-' * 11}|{'-' * 10}|{'-' * 8}|")
-    for r in rows:
-        print(f"| {r['label']:32s} | {r['converted_ppl']:10.3g} | {r['trained_ppl']:9.2f} "
-              f"| {r['ratio_to_teacher']:9.2f} | {r['final_train_ce'] or float('nan'):8.3f} "
-              f"| {r['tokens_per_s'] or float('nan'):6.1f} |")
+    teacher = rows[0]["teacher_ppl"]
+    print(f"budget: {steps} steps x {tokens_per_step} tokens = {steps * tokens_per_step} tokens, "
+          f"{args.seeds} seed(s); teacher perplexity "
+          + ", ".join(f"{d} {v:.2f}" for d, v in teacher.items()))
+    print_table(rows)
     print(f"wrote {out / 'quality.json'} and {png}")
     return rows
 

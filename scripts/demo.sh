@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
-.venv/bin/wf train training=demo "$@"
+# a rerun replaces the previous demo run (runs/demo); `resume=auto` continues it instead
+.venv/bin/wf train training=demo overwrite=true "$@"

@@ -13,5 +13,9 @@ fi
 .venv/bin/python -m pip install -q --no-deps -r requirements-assets.txt
 .venv/bin/python -m pip install -q --no-deps -e .
 if [ "${WF_WITH_LLAMACPP:-0}" = "1" ] && [ -f requirements-llamacpp.txt ]; then
-  .venv/bin/python -m pip install -q -r requirements-llamacpp.txt
+  # Portable build: no -march=native (a library built for this CPU dies with "Illegal instruction"
+  # on a machine without its AVX-512/AMX); AVX2 stays on. Override with CMAKE_ARGS.
+  CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF"} \
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+    .venv/bin/python -m pip install -q -r requirements-llamacpp.txt
 fi

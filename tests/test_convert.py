@@ -25,7 +25,7 @@ def test_lambda0_without_subln_is_exact(arch, head):
 
 @pytest.mark.parametrize("head", ["causal", "classification"])
 def test_heads_and_embeddings_stay_full_precision(head):
-    model = convert_model_to_bitnet(tiny_model("qwen2", head=head))
+    model = convert_model_to_bitnet(tiny_model("qwen2", head=head), calibrate=False)
     for name, module in model.named_modules():
         if name.endswith(("lm_head", "score")):
             assert type(module) is torch.nn.Linear
@@ -33,13 +33,13 @@ def test_heads_and_embeddings_stay_full_precision(head):
 
 
 def test_qwen2_biases_are_kept():
-    model = convert_model_to_bitnet(tiny_model("qwen2"))
+    model = convert_model_to_bitnet(tiny_model("qwen2"), calibrate=False)
     q_proj = model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj, BitLinear) and q_proj.bias is not None
 
 
 def test_subln_targets_only_output_projections():
-    model = convert_model_to_bitnet(tiny_model("llama"))
+    model = convert_model_to_bitnet(tiny_model("llama"), calibrate=False)
     with_norm = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                  if isinstance(m, BitLinear) and m.sub_norm is not None}
     assert with_norm == {"o_proj", "down_proj"}
@@ -50,7 +50,8 @@ def test_calibrated_subln_is_closer_than_unit_gain():
     x = torch.randint(1, 128, (4, 32))
     with torch.no_grad():
         reference = model(x).logits
-        unit = convert_model_to_bitnet(copy.deepcopy(model), quant_lambda=0)(x).logits
+        unit = convert_model_to_bitnet(copy.deepcopy(model), quant_lambda=0,
+                                       calibrate=False)(x).logits
         calibrated = convert_model_to_bitnet(
             copy.deepcopy(model), quant_lambda=0, calibration_batches=[{"input_ids": x}]
         )(x).logits
@@ -70,7 +71,7 @@ def test_calibration_gain_is_least_squares_solution():
         def forward(self, input_ids, use_cache=False):
             return self.o_proj(input_ids)
 
-    model = convert_model_to_bitnet(One(), quant_lambda=0)
+    model = convert_model_to_bitnet(One(), quant_lambda=0, calibrate=False)
     model.o_proj.sub_norm.eps = 0.0
     calibrate_subln(model, [{"input_ids": torch.tensor([[1.0, 1.0], [2.0, 0.0]])}])
     expected = torch.tensor([(1 + 2 * 2**0.5) / 3, 1.0])
@@ -79,7 +80,7 @@ def test_calibration_gain_is_least_squares_solution():
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_save_load_roundtrip(arch, tmp_path):
-    model = convert_model_to_bitnet(tiny_model(arch), quant_lambda=0.7)
+    model = convert_model_to_bitnet(tiny_model(arch), quant_lambda=0.7, calibrate=False)
     with torch.no_grad():
         for m in model.modules():  # make SubLN gains non-trivial so loading them is tested
             if isinstance(m, BitLinear) and m.sub_norm is not None:
@@ -102,7 +103,7 @@ def test_load_rejects_plain_checkpoint(tmp_path):
 def test_load_rejects_missing_and_corrupt(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_bitnet(tmp_path)
-    convert_model_to_bitnet(tiny_model("llama")).save_pretrained(tmp_path)
+    convert_model_to_bitnet(tiny_model("llama"), calibrate=False).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         load_bitnet(tmp_path)
@@ -129,7 +130,7 @@ def test_missing_subln_targets_are_named():
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_packed_documents_do_not_attend_to_each_other(arch):
-    model = convert_model_to_bitnet(tiny_model(arch))  # fully ternary, SubLN on
+    model = convert_model_to_bitnet(tiny_model(arch), calibrate=False)  # fully ternary, SubLN on
     docs = [torch.randint(1, 128, (n,)) for n in (5, 9, 6)]
     window = torch.cat(docs)[None]  # (1, 20)
     position_ids = torch.cat([torch.arange(len(d)) for d in docs])[None]
@@ -144,7 +145,8 @@ def test_packed_documents_do_not_attend_to_each_other(arch):
 
 def test_sequence_classification_learns_a_toy_task():
     torch.manual_seed(0)
-    model = convert_model_to_bitnet(tiny_model("llama", head="classification")).train()
+    model = convert_model_to_bitnet(tiny_model("llama", head="classification"), calibrate=False)
+    model.train()
     # label = whether token 7 appears in the sequence
     x = torch.randint(8, 128, (32, 10))
     y = torch.randint(0, 2, (32,))
@@ -159,3 +161,72 @@ def test_sequence_classification_learns_a_toy_task():
         losses.append(out.loss.item())
     accuracy = (model(input_ids=x).logits.argmax(-1) == y).float().mean()
     assert losses[-1] < 0.5 * losses[0] and accuracy > 0.9
+
+
+# ---------------------------------------------------------------- SubLN calibration by default
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model(x).logits
+
+
+def test_subln_without_batches_or_tokenizer_is_refused_before_any_change():
+    model = tiny_model("llama")
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="calibration_batches=.*calibrate=False"):
+        convert_model_to_bitnet(model)
+    assert not any(isinstance(m, BitLinear) for m in model.modules())  # untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_subln_calibrates_on_builtin_text_with_the_models_tokenizer(tmp_path):
+    from transformers import GPT2Tokenizer
+
+    from wrinklefree import assets
+
+    tokenizer = GPT2Tokenizer.from_pretrained(assets.gpt2_tokenizer_dir(tmp_path / "vocab"))
+    tokenizer.save_pretrained(tmp_path / "src")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path / "src")
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "src")
+    convert_model_to_bitnet(model, quant_lambda=0)  # finds the tokenizer beside the weights
+    gains = [m.sub_norm.weight for m in model.modules()
+             if isinstance(m, BitLinear) and m.sub_norm is not None]
+    assert gains and all(not torch.allclose(g, torch.ones_like(g)) for g in gains)
+
+    explicit = tiny_model("llama", vocab_size=len(tokenizer))
+    convert_model_to_bitnet(explicit, quant_lambda=0, tokenizer=tokenizer)
+    x = torch.randint(0, len(tokenizer), (1, 12))
+    torch.testing.assert_close(_logits(explicit, x), _logits(model, x))
+
+
+def test_explicit_batches_and_explicit_opt_out():
+    x = torch.randint(0, 128, (2, 16))
+    calibrated = convert_model_to_bitnet(tiny_model("llama"), calibration_batches=[
+        {"input_ids": x}])
+    unit = convert_model_to_bitnet(tiny_model("llama"), calibrate=False)
+    norms = [m.sub_norm.weight for m in unit.modules()
+             if isinstance(m, BitLinear) and m.sub_norm is not None]
+    assert all(torch.equal(g, torch.ones_like(g)) for g in norms)
+    assert any(not torch.equal(m.sub_norm.weight, torch.ones_like(m.sub_norm.weight))
+               for m in calibrated.modules() if isinstance(m, BitLinear) and m.sub_norm)
+    with pytest.raises(ValueError, match="contradict"):
+        convert_model_to_bitnet(tiny_model("llama"), calibrate=False,
+                                calibration_batches=[{"input_ids": x}])
+    convert_model_to_bitnet(tiny_model("llama"), insert_subln=False)  # nothing to calibrate
+
+
+@pytest.mark.parametrize("value", [-3, 1.5])
+def test_quant_lambda_outside_unit_interval_is_refused_at_load(tmp_path, value):
+    convert_model_to_bitnet(tiny_model("llama"), calibrate=False).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["bitnet"]["quant_lambda"] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"config\.json.*quant_lambda={value} is outside "
+                       r"\[0, 1\]"):
+        load_bitnet(tmp_path)
+    with pytest.raises(ValueError, match="outside"):
+        BitNetConfig(quant_lambda=value)

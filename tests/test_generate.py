@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
-from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.assets import gpt2_tokenizer_dir
 from wrinklefree.cli import main
@@ -11,6 +11,7 @@ from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.generate import (
     DecodeStats,
     NotDLMModelError,
+    block_attention_mask,
     encode_prompt,
     eos_token_ids,
     generate_ar,
@@ -20,6 +21,7 @@ from wrinklefree.generate import (
     stream_text,
     top_p_filter,
 )
+from wrinklefree.objectives.block_diffusion import block_diffusion_forward
 
 VOCAB = 128
 MASK = VOCAB - 1
@@ -51,7 +53,8 @@ class Bigram(nn.Module):
         super().__init__()
         self.table = table  # (V, V)
 
-    def forward(self, input_ids, past_key_values=None, use_cache=None, logits_to_keep=0):
+    def forward(self, input_ids, past_key_values=None, use_cache=None, logits_to_keep=0,
+                **kwargs):
         logits = self.table[input_ids]  # (B, L, V)
         return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
@@ -141,32 +144,62 @@ def test_streaming_holds_back_partial_characters(gpt2_tokenizer):
 
 
 def reference_block_diffusion(model, ids, max_new_tokens, block_size):
-    """Threshold > 1 without any cache: re-run the whole sequence each step and unmask the single
-    most confident masked position (token shift: logits at i - 1 predict token i)."""
-    seq = ids[0].tolist()
-    while len(seq) - ids.shape[1] < max_new_tokens:
-        start = len(seq)
-        seq += [MASK] * min(block_size, max_new_tokens - (start - ids.shape[1]))
+    """Threshold > 1 without any cache, straight from the training forward: every step re-runs
+    [clean | noisy] with the block layout over the whole text, reads the block's first token from
+    the clean view (AR) and unmasks the single most confident masked position of the noisy view
+    (token shift: logits at i - 1 predict token i)."""
+    seq, prompt = ids[0].tolist(), ids.shape[1]
+    start = prompt // block_size * block_size
+    while len(seq) - prompt < max_new_tokens:
+        if start == len(seq):  # the block opens after committed text: one AR token
+            with torch.no_grad():
+                out = block_diffusion_forward(model, torch.tensor([seq]), torch.tensor([seq]),
+                                              block_size)
+            seq.append(int(out.logits[0, -1].argmax()))
+        end = min(start + block_size, prompt + max_new_tokens)
+        seq += [MASK] * (end - len(seq))
         while MASK in seq[start:]:
-            logits = model(torch.tensor([seq])).logits[0, start - 1 : -1].clone()
+            with torch.no_grad():
+                out = block_diffusion_forward(model, torch.tensor([seq]), torch.tensor([seq]),
+                                              block_size)
+            logits = out.dlm_logits[0, start : end - 1].clone()  # predicts start + 1 .. end - 1
             logits[:, MASK] = -float("inf")
             conf, tok = logits.softmax(-1).max(-1)
-            conf[torch.tensor(seq[start:]) != MASK] = -1
+            conf[torch.tensor(seq[start + 1 : end]) != MASK] = -1
             j = int(conf.argmax())
-            seq[start + j] = int(tok[j])
-    return seq[ids.shape[1]:]
+            seq[start + 1 + j] = int(tok[j])
+        start = end
+    return seq[prompt:]
 
 
-def test_cached_block_diffusion_equals_full_recompute():
-    model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3]])
+@pytest.mark.parametrize("prompt", [[5, 9, 17, 3], [5, 9, 17, 3, 8, 2]])  # aligned, unaligned
+def test_cached_block_diffusion_equals_the_training_layout_recomputed(prompt):
+    model, ids = tiny_llama(), torch.tensor([prompt])
     got = collect(generate_block_diffusion(model, ids, mask_token_id=MASK, max_new_tokens=11,
                                            block_size=4, threshold=2.0, require_dlm=False))
     assert got == reference_block_diffusion(model, ids, 11, 4)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_fully_unmasked_block_gives_the_training_forwards_logits(attention):
+    """The decoder's denoising pass (cached clean prefix + bidirectional block) is the training
+    layout's noisy view: with nothing masked, the logits agree."""
+    model = tiny_llama()
+    model.set_attn_implementation(attention)
+    ids = torch.randint(0, MASK, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        training = block_diffusion_forward(model, ids, ids, 4).dlm_logits[0]  # (12, V)
+        cache = DynamicCache()
+        model(input_ids=ids[:, :8], past_key_values=cache, use_cache=True)  # blocks 0, 1
+        mask = block_attention_mask(model, 4, 8, ids.device)
+        decoding = model(input_ids=ids[:, 8:], past_key_values=cache, use_cache=True,
+                         attention_mask=mask).logits[0]
+    torch.testing.assert_close(decoding, training[8:], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("threshold", "max_steps", "denoise_calls"),
-    [(2.0, None, 11), (0.0, None, 3), (2.0, 2, 6)],  # blocks of 4, 4, 3 tokens
+    [(2.0, None, 8), (0.0, None, 3), (2.0, 2, 6)],  # blocks: AR token + 3, + 3, + 2 masks
 )
 def test_block_diffusion_fills_exactly_and_counts_steps(threshold, max_steps, denoise_calls):
     model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3]])
@@ -177,10 +210,20 @@ def test_block_diffusion_fills_exactly_and_counts_steps(threshold, max_steps, de
     ))
     assert [len(b) for b in blocks] == [4, 4, 3]
     assert MASK not in collect(blocks)
-    # threshold > 1: exactly one token per step; 0: a whole block per step; max_steps=2 finishes
-    # each block in 2 steps. Two commit passes cache blocks 1 and 2.
+    # threshold > 1: exactly one token per step; 0: every masked position in one step;
+    # max_steps=2 finishes each block in 2 steps. Two commit passes cache blocks 1 and 2.
     assert stats.model_calls == denoise_calls + 2
     assert stats.new_tokens == 11
+
+
+def test_threshold_above_one_costs_one_forward_per_token_like_ar():
+    model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3]])
+    dlm, ar = DecodeStats(), DecodeStats()
+    collect(generate_block_diffusion(model, ids, mask_token_id=MASK, max_new_tokens=12,
+                                     block_size=4, threshold=1.5, require_dlm=False, stats=dlm))
+    collect(generate_ar(model, ids, max_new_tokens=12, stats=ar))
+    assert dlm.new_tokens == ar.new_tokens == 12
+    assert dlm.model_calls == ar.model_calls == 11  # the first token comes from the prompt pass
 
 
 def test_uninformative_masks_degenerate_to_left_to_right_greedy():
@@ -189,14 +232,30 @@ def test_uninformative_masks_degenerate_to_left_to_right_greedy():
     got = collect(generate_block_diffusion(model, ids, mask_token_id=MASK, max_new_tokens=9,
                                            block_size=4, threshold=0.5, stats=stats))
     assert got == collect(generate_ar(model, ids, max_new_tokens=9)) == list(range(21, 30))
-    assert stats.model_calls == 9 + 2  # one token per step, two commits
+    # blocks [10 20 | 21 22], [23 | 24 25 26], [27 | 28 29]: 7 denoising steps, 2 commits
+    assert stats.model_calls == 7 + 2
+
+
+def test_sampled_block_diffusion_is_seeded_and_tiny_top_p_is_greedy():
+    model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3]])
+
+    def run(**options):
+        return collect(generate_block_diffusion(model, ids, mask_token_id=MASK, max_new_tokens=10,
+                                                block_size=4, threshold=0.5, require_dlm=False,
+                                                **options))
+
+    assert run(temperature=1.5, seed=0) == run(temperature=1.5, seed=0)
+    assert any(run(temperature=1.5, seed=0) != run(temperature=1.5, seed=s) for s in (1, 2, 3))
+    assert run(temperature=1.0, top_p=1e-6, seed=4) == run()
+    with pytest.raises(ValueError, match="temperature"):
+        run(temperature=-1.0)
 
 
 def test_block_diffusion_stops_at_eos():
     got = list(generate_block_diffusion(successor_bigram(), torch.tensor([[10]]),
                                         mask_token_id=MASK, max_new_tokens=12, block_size=4,
                                         eos_token_id=15))
-    assert got == [[11, 12, 13, 14], [15]]
+    assert got == [[11, 12, 13], [14, 15]]
 
 
 def test_non_dlm_models_are_refused_clearly():
@@ -240,7 +299,8 @@ def test_cli_generates_from_a_run_folder(tmp_path, gpt2_tokenizer, gpt2_model, c
 
 
 def test_cli_packed_generation_matches_the_fake_quant_model(tmp_path, gpt2_tokenizer, capsys):
-    model = convert_model_to_bitnet(tiny_llama(vocab_size=len(gpt2_tokenizer), seed=3))
+    model = convert_model_to_bitnet(tiny_llama(vocab_size=len(gpt2_tokenizer), seed=3),
+                                    calibrate=False)
     model.save_pretrained(tmp_path)
     gpt2_tokenizer.save_pretrained(tmp_path)
     main(["generate", str(tmp_path), "--packed", "--prompt", "In the beginning",

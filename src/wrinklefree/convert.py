@@ -2,8 +2,10 @@
 
 One entry point, :func:`convert_model_to_bitnet`: every ``nn.Linear`` whose qualified name is not
 excluded becomes a :class:`~wrinklefree.nn.BitLinear` sharing the same tensors, and optionally
-gets a SubLN on its input when it is an output projection (``o_proj`` / ``down_proj``). The
-options are recorded in ``model.config.bitnet`` so :func:`load_bitnet` can rebuild the model.
+gets a SubLN on its input when it is an output projection (``o_proj`` / ``down_proj``). SubLN
+gains are calibrated (on given batches, or on the built-in ASV text with the model's tokenizer):
+unit gains wreck a pretrained model, so they are used only when asked for (``calibrate=False``).
+The options are recorded in ``model.config.bitnet`` so :func:`load_bitnet` can rebuild the model.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
+from wrinklefree.errors import UserInputError
 from wrinklefree.nn import BitLinear, convert_bitlinear_to_lrc
 from wrinklefree.quant import fwht
 
@@ -56,6 +59,13 @@ class BitNetConfig:
     lrc_rank: float | int | None = None
     lrc_init: str = "svd_residual"
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.quant_lambda) <= 1.0:
+            raise UserInputError(
+                f"quant_lambda={self.quant_lambda} is outside [0, 1] (0 = full precision, "
+                "1 = ternary); use a value in that range"
+            )
+
     @classmethod
     def from_dict(cls, data: dict) -> BitNetConfig:
         known = {f.name for f in fields(cls)}
@@ -76,6 +86,10 @@ def _quantizable_linears(model: nn.Module, exclude: Iterable[str]) -> list[tuple
     ]
 
 
+class UnsupportedModelError(UserInputError, TypeError):
+    """The model has no ``nn.Linear`` projections to convert (a TypeError for older callers)."""
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -86,31 +100,44 @@ def convert_model_to_bitnet(
     config: BitNetConfig | None = None,
     *,
     calibration_batches: Iterable[dict[str, torch.Tensor]] | None = None,
+    tokenizer=None,
+    calibrate: bool = True,
     **overrides,
 ) -> nn.Module:
     """Replace the decoder's linears with BitLinear in place and return the model.
 
+    With SubLN (the default) the norms' gains are calibrated so each projection keeps its input
+    scale (see :func:`calibrate_subln`); unit gains would take a pretrained model's perplexity
+    from ~16 to millions. The calibration text is ``calibration_batches`` if given, else the
+    built-in ASV training text tokenised by ``tokenizer`` or, if None, by the tokenizer saved
+    with the model (``model.name_or_path``, local files only).
+
     Args:
         config: the options; ``overrides`` (any :class:`BitNetConfig` field) replace its fields.
-        calibration_batches: model inputs (``input_ids`` ...) used to initialise SubLN gains so
-            the inserted norms keep each projection's input at its original scale (see
-            :func:`calibrate_subln`). Without them the gains start at 1.
+        calibration_batches: model inputs (``input_ids`` ...) to calibrate SubLN gains on.
+        tokenizer: the model's tokenizer, to calibrate on the built-in text.
+        calibrate: False keeps SubLN gains at 1: for a model trained from scratch or whose
+            weights are loaded afterwards (as :func:`load_bitnet` does).
 
     Raises:
-        TypeError: the model has no ``nn.Linear`` to convert (e.g. GPT-2's ``Conv1D``).
-        ValueError: ``insert_subln`` but none of ``subln_targets`` exists in the model.
+        UnsupportedModelError: (a TypeError) the model has no ``nn.Linear`` to convert.
+        UserInputError: (a ValueError) ``insert_subln`` but none of ``subln_targets`` exists,
+            or SubLN needs calibrating and neither batches nor a tokenizer are at hand.
     """
     config = BitNetConfig(**{**asdict(config or BitNetConfig()), **overrides})
+    if not calibrate and calibration_batches is not None:
+        raise UserInputError("calibrate=False and calibration_batches contradict each other; "
+                             "drop one of them")
     targets = _quantizable_linears(model, config.exclude)
     if not targets:
-        raise TypeError(
+        raise UnsupportedModelError(
             f"{type(model).__name__} has no nn.Linear layers to convert (after excluding "
             f"{config.exclude}); wrinklefree needs decoders whose projections are torch.nn.Linear "
             "(Llama, Qwen2/3, Mistral, ...). GPT-2-style Conv1D layers are not supported."
         )
     subln_names = [n for n, _ in targets if n.rpartition(".")[2] in config.subln_targets]
     if config.insert_subln and not subln_names:
-        raise ValueError(
+        raise UserInputError(
             f"insert_subln=True but {type(model).__name__} has no linear named "
             f"{config.subln_targets}; pass subln_targets matching its output projections "
             "or insert_subln=False"
@@ -121,6 +148,8 @@ def convert_model_to_bitnet(
             f"hadamard=True but {type(model).__name__} has no linear named "
             f"{config.hadamard_targets}; pass hadamard_targets matching its projections"
         )
+    if config.insert_subln and calibrate and calibration_batches is None:
+        calibration_batches = _builtin_calibration_batches(model, tokenizer)
     # SubLN shares the decoder's RMSNorm epsilon: llama.cpp's and transformers' BitNet
     # architectures have one epsilon for every norm, so exports stay faithful.
     subln_eps = float(getattr(getattr(model, "config", None), "rms_norm_eps", 1e-6))
@@ -145,6 +174,40 @@ def convert_model_to_bitnet(
     if hasattr(model, "config"):
         setattr(model.config, CONFIG_KEY, asdict(config))
     return model
+
+
+def _builtin_calibration_batches(model: nn.Module, tokenizer=None) -> list[dict]:
+    """Calibration batches of the built-in ASV training text, tokenised by ``tokenizer`` or by
+    the tokenizer saved beside the model; refuses (before the model changes) if there is none."""
+    from wrinklefree.data.heldout import calibration_batches
+
+    tokenizer = tokenizer if tokenizer is not None else _saved_tokenizer(model)
+    if tokenizer is None:
+        name = getattr(model, "name_or_path", "") or type(model).__name__
+        raise UserInputError(
+            f"insert_subln=True needs calibrated SubLN gains (gains of 1 wreck a pretrained "
+            f"model: perplexity ~16 -> millions) and no tokenizer was found for {name}; pass "
+            "tokenizer=... (calibrates on the built-in ASV text), calibration_batches=[{"
+            "'input_ids': ...}, ...], or calibrate=False for unit gains (a model trained from "
+            "scratch, or weights loaded afterwards)"
+        )
+    max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    seq_len = min(256, max_positions or 256)
+    return calibration_batches(tokenizer, seq_len=seq_len)
+
+
+def _saved_tokenizer(model: nn.Module):
+    """The tokenizer stored with the model's weights (a local folder or the hub cache; never
+    the network), or None."""
+    from transformers import AutoTokenizer
+
+    source = getattr(model, "name_or_path", "") or ""
+    if not source:
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 @torch.no_grad()
@@ -220,7 +283,7 @@ def build_bitnet(hf_config, **model_kwargs) -> nn.Module:
     model = model_cls._from_config(hf_config, **model_kwargs)
     # LRC factors come from the checkpoint: skip the SVD init on the random weights.
     build = options if options.lrc_rank is None else replace(options, lrc_init="kaiming")
-    convert_model_to_bitnet(model, build)
+    convert_model_to_bitnet(model, build, calibrate=False)  # the gains come with the weights
     setattr(model.config, CONFIG_KEY, asdict(options))
     return model
 
@@ -237,7 +300,12 @@ def load_bitnet(path: str | Path, *, torch_dtype: torch.dtype | None = None, **m
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model folder: no config.json found")
     hf_config = AutoConfig.from_pretrained(path)
-    if bitnet_config_of(hf_config) is None:
+    try:
+        options = bitnet_config_of(hf_config)
+    except ValueError as err:
+        raise UserInputError(f"{path / 'config.json'} has a bad '{CONFIG_KEY}' entry: {err}; "
+                             "fix it there or convert the source model again") from err
+    if options is None:
         raise ValueError(
             f"{path} is not a wrinklefree BitNet checkpoint (config.json has no '{CONFIG_KEY}' "
             "entry); convert it first with `wf convert` or load it with transformers directly"

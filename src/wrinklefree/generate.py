@@ -5,11 +5,13 @@ Both decoders are generators of token-id chunks, so the same loop streams to a t
 ``input_ids`` / ``past_key_values`` / ``use_cache`` and returns ``.logits`` (Hugging Face models,
 converted BitNet models, packed models from :func:`wrinklefree.nn.packed.pack_model`).
 
-Block diffusion follows Fast-dLLM v2 (arXiv 2509.26328) with the conventions of our DLM objective:
-ordinary causal attention and token shift, i.e. the logits at position i-1 predict the token at
-position i. A block of B mask tokens is appended after the committed text; each step re-runs only
-that block on top of the cached prefix and commits every masked position whose confidence
-exceeds a threshold (at least one per step); a finished block is run once more to extend the cache.
+Block diffusion follows Fast-dLLM v2 (arXiv 2509.26328) with the layout our DLM objective trains
+(:mod:`wrinklefree.objectives.block_diffusion`): blocks aligned to absolute positions, committed
+blocks encoded causally into a KV cache, the block being denoised attending bidirectionally to
+itself and to that cache, and token shift (the logits at position i-1 predict the token at i).
+Each step re-runs only the block and commits every masked position whose confidence exceeds a
+threshold (at least one per step); a finished block is run once more, causally, to extend the
+cache, and its last logits give the next block's first token.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -42,9 +43,11 @@ class DecodeStats:
 
 
 def resolve_source(src: str) -> str:
-    """A trainer run folder holds its final model in ``<run>/final/``; other sources pass as is."""
-    final = Path(src) / "final"
-    return str(final) if (final / "config.json").is_file() else src
+    """A run folder's ``final/`` model, else ``src`` checked: :func:`wrinklefree.models.
+    resolve_source` (one rule for every command; a mistyped local path is not a hub id)."""
+    from wrinklefree.models import resolve_source as resolve
+
+    return resolve(src)
 
 
 def load_for_generation(src: str, *, packed: bool = False) -> tuple[nn.Module, object]:
@@ -195,21 +198,38 @@ def generate_block_diffusion(
     block_size: int = 32,
     threshold: float = 0.9,
     max_steps: int | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
     eos_token_id: int | Iterable[int] | None = None,
     require_dlm: bool = True,
     stats: DecodeStats | None = None,
 ) -> Iterator[list[int]]:
-    """Yield committed blocks of new tokens decoded by confidence-threshold unmasking.
+    """Yield committed blocks of new tokens, decoded as in Fast-dLLM v2 (arXiv 2509.26328).
+
+    Blocks are aligned to absolute positions (block k = positions [kB, (k+1)B)), as in training.
+    The prompt's whole blocks are encoded causally into a KV cache; its tail opens the first
+    block. A block that starts after committed text gets its first token autoregressively from
+    the previous block's last logits. The rest of the block starts as mask tokens and is denoised
+    with the training layout (bidirectional inside the block, the cached clean prefix before
+    it), committing per step every masked position whose confidence exceeds ``threshold``. The
+    finished block is then encoded causally into the cache (one more forward pass, whose last
+    logits give the next block's first token).
 
     Args:
         mask_token_id: the DLM ``<|mask|>`` id (:func:`mask_token_id_of`); None raises
             :class:`NotDLMModelError`.
-        block_size: tokens per block (Fast-dLLM v2 uses 32); the last block is shortened so
-            exactly ``max_new_tokens`` are produced (fewer only when an EOS token is committed).
-        threshold: unmask every masked position whose top probability exceeds it (greedy token);
-            > 1 unmasks exactly one position (the most confident) per step.
-        max_steps: denoising steps per block (default ``block_size``); each step unmasks at least
-            ceil(masked / steps left) positions so the block is always finished in time.
+        block_size: tokens per block; use the ``block_size`` the student was trained with
+            (Fast-dLLM v2 uses 32). The last block is shortened so exactly ``max_new_tokens``
+            come out (fewer only when an EOS token is committed).
+        threshold: commit every masked position whose confidence (probability of its chosen
+            token) exceeds it, at least one per step (the most confident); > 1 commits exactly
+            one position per step.
+        max_steps: denoising steps per block (default: its number of masked positions); each
+            step commits at least ceil(masked / steps left) positions.
+        temperature, top_p, seed: 0 = greedy; else each masked position samples its token from
+            the top-p nucleus of softmax(logits / T); its confidence is that token's probability
+            under softmax(logits / T).
         require_dlm: raise :class:`NotDLMModelError` when the model predicts the mask token at most
             masked positions (a model never trained to fill masks); False decodes anyway
             (benchmarks of speed on an untrained model).
@@ -219,23 +239,38 @@ def generate_block_diffusion(
             "no mask token: config.mask_token_id is not set and the tokenizer has none; "
             + NOT_DLM_HINT
         )
-    if block_size < 1 or (max_steps is not None and max_steps < 1):
-        raise ValueError(f"block_size and max_steps must be >= 1, got {block_size}, {max_steps}")
+    if block_size < 2 or (max_steps is not None and max_steps < 1):
+        raise ValueError(f"need block_size >= 2 and max_steps >= 1 (or None), got {block_size}, "
+                         f"{max_steps}")
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
+    _check_sampling(temperature, top_p)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    pick = _Picker(mask_token_id, temperature, top_p, generator)
     eos = _eos_set(eos_token_id)
     stats = stats if stats is not None else DecodeStats()
     cache = DynamicCache()
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    last_logits = out.logits[0, -1]  # (V,) predicts the first token of the next block
-    produced = 0
+    aligned = input_ids.shape[1] // block_size * block_size  # the prompt's whole blocks
+    head = input_ids[0, aligned:].tolist()  # the prompt's tail opens the first block
+    last_logits = None
+    if aligned:
+        out = model(input_ids=input_ids[:, :aligned], past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        last_logits = out.logits[0, -1]  # (V,) predicts the first token of the next block
+    produced, first_block = 0, True
     while produced < max_new_tokens:
-        size = min(block_size, max_new_tokens - produced)
-        block = _denoise_block(
-            model, cache, last_logits, size, mask_token_id, threshold,
-            max_steps or size, check_dlm=require_dlm and produced == 0, stats=stats,
-        )
-        tokens = block[0].tolist()
+        fresh: list[int] = []
+        if not head:  # the block's first token: an AR step on the committed text
+            fresh = [int(pick(last_logits[None])[0][0])]
+        n_masked = min(block_size - len(head) - len(fresh), max_new_tokens - produced - len(fresh))
+        block = torch.tensor([head + fresh + [mask_token_id] * n_masked], device=input_ids.device)
+        if n_masked:
+            _denoise_block(model, cache, block, pick, threshold, max_steps or n_masked,
+                           check_dlm=require_dlm and first_block, stats=stats)
+        first_block = False
+        tokens = block[0, len(head):].tolist()
         stop = next((i for i, t in enumerate(tokens) if t in eos), None)
         if stop is not None:
             tokens = tokens[: stop + 1]
@@ -244,37 +279,79 @@ def generate_block_diffusion(
         yield tokens
         if stop is not None or produced >= max_new_tokens:
             return
-        # commit: cache the finished block's keys/values; its last logits predict the next block
+        # commit: encode the finished block causally (the clean view) into the cache
         out = model(input_ids=block, past_key_values=cache, use_cache=True, logits_to_keep=1)
         stats.model_calls += 1
-        last_logits = out.logits[0, -1]
+        last_logits, head = out.logits[0, -1], []
+
+
+class _Picker:
+    """Token and confidence per row of logits (S, V): greedy (argmax, its probability) or a
+    sample from the top-p nucleus of softmax(logits / T) with its probability under
+    softmax(logits / T) (before the nucleus is renormalised). The mask token is never chosen."""
+
+    def __init__(self, mask_token_id: int, temperature: float, top_p: float,
+                 generator: torch.Generator | None) -> None:
+        self.mask_token_id, self.temperature, self.top_p = mask_token_id, temperature, top_p
+        self.generator = generator
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float().clone()  # (S, V)
+        if self.mask_token_id < logits.shape[-1]:
+            logits[:, self.mask_token_id] = -math.inf
+        if self.temperature == 0.0:
+            confidence, tokens = logits.softmax(-1).max(-1)  # (S,), (S,)
+            return tokens, confidence
+        probs = (logits / self.temperature).softmax(-1)  # (S, V)
+        nucleus = top_p_filter(probs, self.top_p) if self.top_p < 1.0 else probs
+        tokens = torch.multinomial(nucleus, 1, generator=self.generator)[:, 0]  # (S,)
+        # confidence before the nucleus renormalisation, so truncation does not inflate it
+        return tokens, probs.gather(-1, tokens[:, None])[:, 0]
+
+
+def block_attention_mask(model: nn.Module, size: int, past: int,
+                         device: torch.device) -> torch.Tensor:
+    """The 4D mask of a block being denoised on top of ``past`` cached tokens: every query sees
+    the whole cache (the committed blocks) and the whole block (bidirectional), the training
+    layout's noisy-view row. -> (1, 1, size, past + size) for the model's attention."""
+    from wrinklefree.objectives.block_diffusion import attention_bias, model_dtype
+
+    allowed = torch.ones(1, 1, size, past + size, dtype=torch.bool, device=device)
+    return attention_bias(allowed, model, model_dtype(model))
 
 
 def _denoise_block(
     model: nn.Module,
     cache: DynamicCache,
-    last_logits: torch.Tensor,
-    size: int,
-    mask_token_id: int,
+    block: torch.Tensor,
+    pick: _Picker,
     threshold: float,
     max_steps: int,
     *,
     check_dlm: bool,
     stats: DecodeStats,
-) -> torch.Tensor:
-    """Unmask one block of ``size`` tokens on top of ``cache`` (left as it was); -> (1, size)."""
-    block = torch.full((1, size), mask_token_id, dtype=torch.long, device=last_logits.device)
+) -> None:
+    """Fill the mask tokens of ``block`` (1, S) in place on top of ``cache`` (left as it was).
+
+    block[0, 0] is always known (the prompt's tail or the block's AR first token), so token shift
+    predicts position j >= 1 from the logits at j - 1, all inside the block.
+    """
+    size, past = block.shape[1], cache.get_seq_length()
+    attention = block_attention_mask(model, size, past, block.device)
     for step in range(max_steps):
-        logits = model(input_ids=block, past_key_values=cache, use_cache=True).logits[0]  # (S, V)
-        cache.crop(-size)  # drop the block's keys/values: only committed text stays cached
+        masked = block[0] == pick.mask_token_id  # (S,)
+        if not masked.any():
+            return
+        logits = model(input_ids=block, past_key_values=cache, use_cache=True,
+                       attention_mask=attention).logits[0]  # (S, V)
+        cache.crop(past)  # drop the block's keys/values: only committed text stays cached
         stats.model_calls += 1
-        # token shift: position j is predicted by the logits at j - 1 (the prefix for j = 0)
-        pred = torch.cat([last_logits[None], logits[:-1]]).float()  # (S, V)
-        masked = block[0] == mask_token_id  # (S,)
+        pred = logits[:-1]  # (S-1, V): token shift, the logits at j - 1 predict position j
         if check_dlm and step == 0:
-            _check_predicts_tokens(pred[1:].argmax(-1), mask_token_id)
-        pred[:, mask_token_id] = -math.inf  # never emit the mask token itself
-        confidence, tokens = pred.softmax(-1).max(-1)  # (S,), (S,)
+            _check_predicts_tokens(pred[masked[1:]].argmax(-1), pick.mask_token_id)
+        tokens, confidence = pick(pred)  # (S-1,), (S-1,)
+        tokens = torch.cat([block[0, :1], tokens])  # (S,) aligned with the block
+        confidence = torch.cat([confidence.new_full((1,), -1.0), confidence])
         confidence = confidence.masked_fill(~masked, -1.0)
         n_masked = int(masked.sum())
         at_least = max(1, -(-n_masked // (max_steps - step)))  # ceil: finish within max_steps
@@ -283,9 +360,6 @@ def _denoise_block(
             chosen = torch.zeros_like(masked)
             chosen[confidence.topk(at_least).indices] = True
         block[0, chosen] = tokens[chosen]
-        if not (block == mask_token_id).any():
-            break
-    return block
 
 
 def _check_predicts_tokens(argmax: torch.Tensor, mask_token_id: int) -> None:

@@ -36,22 +36,52 @@ def test_study_runs_reports_and_resumes(tiny_source, text_files, tmp_path, capsy
              f"data.sources=[{{name: words, path: '{text_files['words']}'}}]",
              f"data.cache_dir={tmp_path / 'cache'}", "data.seq_len=32",
              "model.calibration_batches=1", "training.batch_size=2", "training.val_windows=2",
-             "training.sample_tokens=4"]
+             "training.sample_tokens=6"]
     out = tmp_path / "study"
-    argv = ["--steps", "2", "--recipes", "sft", "lrc", "--out", str(out), "--set", *extra]
+    argv = ["--steps", "2", "--seeds", "2", "--recipes", "sft", "lrc", "--out", str(out),
+            "--set", *extra]
     rows = QUALITY["main"](argv)
     assert [r["recipe"] for r in rows] == ["sft", "lrc"]
     for row in rows:
-        assert row["ratio_to_teacher"] == pytest.approx(row["trained_ppl"] / row["teacher_ppl"])
-        assert len(row["ce_curve"]) == 2
-        assert not (out / row["recipe"] / "final").exists()  # models dropped unless asked
-    assert rows[0]["teacher_ppl"] == pytest.approx(rows[1]["teacher_ppl"])  # same windows
+        assert row["seeds"] == 2 and len(row["runs"]) == 2
+        for run in row["runs"]:
+            for domain in ("asv", "english"):
+                assert run["ratio"][domain] == pytest.approx(
+                    run["trained_ppl"][domain] / run["teacher_ppl"][domain])
+            assert 0 <= run["rep4"] <= 1 and 0 < run["distinct2"] <= 1
+            assert len(run["ce_curve"]) == 2
+        mean, sd = row["ratio_english"]
+        ratios = [run["ratio"]["english"] for run in row["runs"]]
+        assert mean == pytest.approx(sum(ratios) / 2)
+        assert sd == pytest.approx(abs(ratios[0] - ratios[1]) / 2 ** 0.5)
+        assert not (out / row["recipe"] / "seed0" / "final").exists()  # models dropped
+    # the seed changes the data order: the two seeds did not train the same model
+    sft = rows[0]["runs"]
+    assert sft[0]["trained_ppl"]["asv"] != pytest.approx(sft[1]["trained_ppl"]["asv"], rel=1e-9)
+    assert sft[0]["teacher_ppl"] == rows[1]["runs"][1]["teacher_ppl"]  # same windows
     summary = json.loads((out / "quality.json").read_text())
-    assert summary["tokens"] == 2 * 2 * 32
+    assert summary["tokens"] == 2 * 2 * 32 and summary["seeds"] == 2
     assert (out / "quality.png").stat().st_size > 0
     table = capsys.readouterr().out
-    assert "+ LRC 10%" in table and "/ teacher" in table
+    assert "+ LRC 10%" in table and "english / teacher" in table and "±" in table
     # a second call reuses the finished reports instead of training again
-    (out / "sft" / "logs").rename(out / "sft" / "logs-moved")
+    (out / "sft" / "seed0" / "logs").rename(out / "sft" / "seed0" / "logs-moved")
     with pytest.raises(FileNotFoundError, match="metrics.csv"):
         QUALITY["main"](argv)
+
+
+def test_aggregate_and_cells_by_hand():
+    runs = [{"recipe": "kd", "label": "+ logits KD", "overrides": [], "ce_curve": [],
+             "teacher_ppl": {"asv": 10.0, "english": 50.0},
+             "converted_ppl": {"asv": 1e7, "english": 2e7},
+             "trained_ppl": {"asv": t, "english": 5 * t},
+             "ratio": {"asv": t / 10, "english": t / 10},
+             "rep4": 0.0, "distinct2": 1.0, "final_train_ce": 3.0, "tokens_per_s": None,
+             "wall_s": 1.0} for t in (20.0, 40.0)]
+    row = QUALITY["aggregate"](runs)
+    # ratios 2 and 4: mean 3, sample sd sqrt(((2-3)^2 + (4-3)^2) / 1) = sqrt(2)
+    assert row["ratio_asv"] == pytest.approx((3.0, 2 ** 0.5))
+    assert row["tokens_per_s"] == (None, 0.0)
+    assert QUALITY["_cell"](row["ratio_asv"], ".2f") == "3.00 ± 1.41"
+    assert QUALITY["_cell"]((3.0, 0.0), ".2f") == "3.00"
+    assert QUALITY["_cell"]((None, 0.0), ".2f") == "-"

@@ -105,3 +105,38 @@ def test_config_validation_and_conversion():
     assert as_data_config({"sources": [{"name": "asv", "weight": 2.0}]}).sources[0].weight == 2.0
     with pytest.raises(ValueError, match="unknown data config keys"):
         as_data_config({"seqlen": 3})
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"text": "ok"}\n{"body": "no text"}\n', r"rows\.jsonl:2 has no field 'text'"),
+    (b'{"text": "ok"}\n\n{"text": oops}\n', r"rows\.jsonl:3 is not valid JSON"),
+    (b'{"text": "ok"}\n["a", "list"]\n', r"rows\.jsonl:2 is a JSON list"),
+    (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"rows\.jsonl:2 is not valid UTF-8"),
+])
+def test_bad_jsonl_lines_name_the_file_and_line(tmp_path, content, message):
+    from wrinklefree.errors import UserInputError
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(content)
+    with pytest.raises(UserInputError, match=message):
+        list(iter_documents(SourceConfig(name="r", path=str(rows))))
+
+
+def test_invalid_utf8_text_names_the_file_and_line(tmp_path):
+    from wrinklefree.errors import UserInputError
+
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"one\n\ntwo\nthr\xe9e\n")
+    with pytest.raises(UserInputError, match=r"latin1\.txt:4 is not valid UTF-8.*iconv"):
+        list(iter_documents(SourceConfig(name="l", path=str(path))))
+
+
+def test_missing_field_message_is_not_quoted(tmp_path):
+    """Still a KeyError for old callers, but its text is the plain message (no repr quotes)."""
+    from wrinklefree.data.sources import _jsonl_documents
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(KeyError) as info:
+        list(_jsonl_documents(rows, "text"))
+    assert str(info.value).startswith(f"{rows}:1 has no field 'text'")

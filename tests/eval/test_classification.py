@@ -42,7 +42,7 @@ def bitnet_word_folder(word_folder, tmp_path_factory):
     from wrinklefree.models import load_model, load_tokenizer
 
     folder = tmp_path_factory.mktemp("bitnet-words")
-    model = convert_model_to_bitnet(load_model(str(word_folder)))
+    model = convert_model_to_bitnet(load_model(str(word_folder)), calibrate=False)
     model.save_pretrained(folder)
     load_tokenizer(str(word_folder)).save_pretrained(folder)
     return folder
@@ -61,7 +61,7 @@ def test_learns_a_separable_task(source, toy_task, request):
 
 def test_bitnet_checkpoint_keeps_its_ternary_decoder(gpt2_tokenizer, save_tiny, tmp_path):
     causal = save_tiny(tmp_path, gpt2_tokenizer)
-    convert_model_to_bitnet(causal)
+    convert_model_to_bitnet(causal, calibrate=False)
     causal.save_pretrained(tmp_path)
     model = load_classifier(str(tmp_path), num_labels=3, pad_token_id=0)
     assert type(model).__name__ == "LlamaForSequenceClassification"

@@ -21,7 +21,7 @@ def converted_run(tmp_path_factory, gpt2_tokenizer, save_tiny):
     """A run folder whose final/ holds the tiny model converted to BitNet."""
     run = tmp_path_factory.mktemp("run")
     model = save_tiny(run / "final", gpt2_tokenizer)
-    convert_model_to_bitnet(model)
+    convert_model_to_bitnet(model, calibrate=False)
     model.save_pretrained(run / "final")
     return run
 
@@ -103,3 +103,30 @@ def test_smollm2_perplexity_is_sane():
     # a real pretrained model on held-out ASV: ~19 on 16 x 256 windows; short windows read higher
     row = likelihood("smollm2", seq_len=64, num_windows=2)
     assert 5 < row["perplexity"] < 100 and row["kind"] == "ar"
+
+
+def test_domains_and_ratios_to_a_reference(tiny_folder, converted_run, tmp_path, capsys):
+    out = tmp_path / "domains.json"
+    main(["eval", str(converted_run), "--reference", str(tiny_folder), "--seq-len", "16",
+          "--windows", "2", "--json", str(out)])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["model", "domain", "windows", "tokens", "nll", "perplexity",
+                                "ratio"]
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["model"], r["domain"]) for r in rows] == [
+        (str(tiny_folder), "asv"), (str(tiny_folder), "english"),
+        (str(converted_run), "asv"), (str(converted_run), "english")]
+    assert rows[0]["ratio"] == rows[1]["ratio"] == 1.0
+    for student, ref in ((rows[2], rows[0]), (rows[3], rows[1])):
+        assert student["windows"] == ref["windows"]
+        assert student["ratio"] == pytest.approx(student["perplexity"] / ref["perplexity"])
+    assert rows[0]["windows"] != rows[1]["windows"]  # two different texts
+    main(["eval", str(tiny_folder), "--domain", "english", "--seq-len", "16", "--windows", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[2].split()[1] == "english"
+
+
+def test_domain_and_text_exclude_each_other(tiny_folder, text_file, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", str(tiny_folder), "--domain", "asv", "--text", str(text_file)])
+    assert "exclude each other" in capsys.readouterr().err

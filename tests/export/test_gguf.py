@@ -11,27 +11,44 @@ import torch
 from tiny_bitnet import save_tiny
 
 from wrinklefree.cli import main
-from wrinklefree.export.gguf import _permute_for_rope, _unit, export_gguf, ternary_tensor_type
+from wrinklefree.export.blocks import decode_q2_0, decode_q4_0
+from wrinklefree.export.gguf import (
+    _permute_for_rope,
+    export_gguf,
+    fp_tensor_type,
+    ternary_tensor_type,
+)
 from wrinklefree.export.pack import ternary_state
 from wrinklefree.models import load_model
 
 Q = gguf.GGMLQuantizationType
 
 
-@pytest.mark.parametrize("weight_type, in_features, expected", [
-    ("tq2_0", 512, Q.TQ2_0),
-    ("tq1_0", 256, Q.TQ1_0),
-    ("tq2_0", 576, Q.Q8_0),  # SmolLM2's hidden size: not whole 256-blocks
-    ("tq1_0", 100, Q.F16),  # not even whole 32-blocks
-    ("f16", 576, Q.F16),
+@pytest.mark.parametrize("weight_type, fallback, in_features, expected", [
+    ("tq2_0", "q4_0", 512, "TQ2_0"),
+    ("tq1_0", "q4_0", 256, "TQ1_0"),
+    ("tq2_0", "q4_0", 576, "Q4_0"),  # SmolLM2's hidden size: not whole 256-blocks
+    ("tq2_0", "q2_0", 576, "Q2_0"),  # 576 = 9 * 64
+    ("tq1_0", "q2_0", 96, "Q4_0"),  # 96 = 3 * 32, not whole 64-blocks: the next exact type
+    ("q2_0", "q4_0", 96, "Q4_0"),
+    ("q4_0", "q4_0", 512, "Q4_0"),
+    ("f16", "q4_0", 100, "F16"),
 ])
-def test_ternary_tensor_type_fallback(weight_type, in_features, expected):
-    assert ternary_tensor_type(weight_type, in_features) == expected
+def test_ternary_tensor_type_fallback(weight_type, fallback, in_features, expected):
+    assert ternary_tensor_type(weight_type, in_features, fallback=fallback) == expected
 
 
-def test_q8_0_unit_is_127_times_f16_of_1_over_127():
-    assert _unit(Q.Q8_0) == pytest.approx(127 * float(np.float16(1 / 127)), abs=0)
-    assert _unit(Q.TQ2_0) == _unit(Q.TQ1_0) == _unit(Q.F16) == 1.0
+def test_no_exact_type_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"blk.0.attn_q.weight: rows of 100 .* --type f16"):
+        ternary_tensor_type("tq2_0", 100, tensor="blk.0.attn_q.weight")
+
+
+def test_embedding_q6_k_falls_back_like_llama_quantize():
+    assert fp_tensor_type("q6_k", 512) == "Q6_K"
+    with pytest.warns(UserWarning, match="rows of 576 are not whole Q6_K blocks"):
+        assert fp_tensor_type("q6_k", 576) == "Q8_0"
+    with pytest.warns(UserWarning, match="stored as F16"):
+        assert fp_tensor_type("q8_0", 100) == "F16"
 
 
 def test_permute_for_rope_by_hand():
@@ -105,8 +122,40 @@ def test_untied_subln_model_is_refused(tmp_path):
 
 
 def test_unknown_type_is_named(tiny_dir, tmp_path):
-    with pytest.raises(ValueError, match="'q4_0'"):
-        export_gguf(load_model(str(tiny_dir)), tmp_path / "m.gguf", tiny_dir, weight_type="q4_0")
+    with pytest.raises(ValueError, match="'q3_k'"):
+        export_gguf(load_model(str(tiny_dir)), tmp_path / "m.gguf", tiny_dir, weight_type="q3_k")
+    with pytest.raises(ValueError, match="'q5_0'"):
+        export_gguf(load_model(str(tiny_dir)), tmp_path / "m.gguf", tiny_dir, embed_type="q5_0")
+
+
+@pytest.mark.parametrize("weight_type, decode", [("q4_0", decode_q4_0), ("q2_0", decode_q2_0)])
+def test_q4_0_and_q2_0_files_hold_exact_codes(tmp_path, weight_type, decode):
+    """A model whose widths (320, 640) are not 256-blocks: every projection in the fallback type,
+    codes exact with d = 1 and the absmean scale in `.scale`."""
+    folder = save_tiny(tmp_path / "odd", hidden_size=320, intermediate_size=640,
+                       num_attention_heads=5, num_key_value_heads=5)
+    model = load_model(str(folder))
+    path = tmp_path / "m.gguf"
+    with pytest.warns(UserWarning, match="320 are not whole Q6_K blocks"):
+        sizes = export_gguf(model, path, folder, fallback_type=weight_type, embed_type="q6_k")
+    layer = model.model.layers[0].mlp.down_proj
+    codes, _ = ternary_state(layer)
+    assert sizes["blk.0.ffn_down.weight"] == (weight_type.upper(), 320 * 640 // 64 * 18
+                                              * (2 if weight_type == "q4_0" else 1))
+    assert sizes["token_embd.weight"][0] == "Q8_0"  # 320 is not whole 256-blocks of Q6_K
+    data = _raw_tensor(path, "blk.0.ffn_down.weight", sizes)
+    assert np.array_equal(decode(data.reshape(320, -1), 640), codes.float().numpy())
+
+
+def _raw_tensor(path: Path, name: str, sizes: dict) -> np.ndarray:
+    """The bytes of one tensor, found by order and size (GGUFReader cannot parse type Q2_0):
+    tensors are written in order, each padded to 32 bytes (GGUF spec, general.alignment)."""
+    nbytes = [b for _, b in sizes.values()]
+    index = list(sizes).index(name)
+    starts = np.cumsum([0] + [-(-b // 32) * 32 for b in nbytes])
+    blob = path.read_bytes()
+    begin = len(blob) - starts[-1] + starts[index]  # the data section ends the file
+    return np.frombuffer(blob[begin:begin + nbytes[index]], dtype=np.uint8)
 
 
 def test_cli_exports_a_run_folder(tiny_dir, tmp_path, capsys):

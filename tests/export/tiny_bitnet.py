@@ -44,7 +44,7 @@ def save_tiny(path: Path, seed: int = 0, **overrides) -> Path:
     config_kw = {k: overrides.pop(k) for k in list(overrides) if k in LlamaConfig().to_dict()}
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**{**TINY, **config_kw}))
-    convert_model_to_bitnet(model, **overrides)
+    convert_model_to_bitnet(model, **overrides, calibrate=False)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("sub_norm.weight"):

@@ -4,7 +4,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.nn import BitLinear
-from wrinklefree.nn.packed import PackedBitLinear, pack_model, weight_bytes
+from wrinklefree.nn.packed import PackedBitLinear, int8_activation, pack_model, weight_bytes
 from wrinklefree.quant import set_quant_lambda
 
 
@@ -35,11 +35,12 @@ def test_packed_layer_matches_hand_computed_values():
 @pytest.mark.parametrize("weight_quant", ["absmean", "absmean_channel"])
 @pytest.mark.parametrize("subln", [True, False])
 def test_packed_model_logits_equal_fake_quant_model(weight_quant, subln):
-    model = convert_model_to_bitnet(tiny_llama(), weight_quant=weight_quant, insert_subln=subln)
+    model = convert_model_to_bitnet(tiny_llama(), weight_quant=weight_quant, insert_subln=subln,
+                                    calibrate=False)
     ids = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(ids).logits
-        pack_model(model)
+        pack_model(model, kernel="2bit")
         got = model(ids).logits
     assert not any(isinstance(m, BitLinear) for m in model.modules())
     assert sum(isinstance(m, PackedBitLinear) for m in model.modules()) == 14  # 7 per layer
@@ -55,18 +56,18 @@ def test_bias_and_widths_not_multiple_of_four():
 
 
 def test_weight_bytes_drop_to_two_bits_per_linear_weight():
-    model = convert_model_to_bitnet(tiny_llama())
+    model = convert_model_to_bitnet(tiny_llama(), calibrate=False)
     before = weight_bytes(model)
     n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, BitLinear))
     assert before["linear"] == 4 * n_linear  # fp32
-    pack_model(model)
+    pack_model(model, kernel="2bit")
     after = weight_bytes(model)
     assert after["linear"] == n_linear // 4 + 14 * 4  # 2 bits per weight + one fp32 scale each
     assert before["total"] - after["total"] == before["linear"] - after["linear"]
 
 
 def test_refuses_partial_lambda_and_unconverted_models():
-    model = convert_model_to_bitnet(tiny_llama())
+    model = convert_model_to_bitnet(tiny_llama(), calibrate=False)
     set_quant_lambda(model, 0.5)
     with pytest.raises(ValueError, match="lambda=0.5"):
         pack_model(model)
@@ -74,3 +75,93 @@ def test_refuses_partial_lambda_and_unconverted_models():
         PackedBitLinear.from_bitlinear(model.model.layers[0].mlp.up_proj)
     with pytest.raises(ValueError, match="convert it first"):
         pack_model(tiny_llama())
+
+
+# ----------------------------------------------------------------------------- int8 kernel
+
+
+def test_int8_activation_by_hand():
+    # s = 127 / max|x| = 127; x * s = [127, 63.5, 31.75, -127] -> round half to even -> [127, 64,
+    # 32, -127]: the codes absmax_activation_quant divides back by s
+    q, s = int8_activation(torch.tensor([[1.0, 0.5, 0.25, -1.0]]))
+    assert q.dtype == torch.int8 and q.tolist() == [[127, 64, 32, -127]]
+    assert s.tolist() == [[127.0]]
+
+
+def test_int8_layer_by_hand():
+    layer = BitLinear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -0.5, 0.0, 0.1], [1.0, 1.0, -1.0, 0.0]]))
+    packed = PackedBitLinear.from_bitlinear(layer, kernel="int8")
+    # codes [[1, -1, 0, 0], [1, 1, -1, 0]] (see the 2-bit test); int8 x = [127, 64, 32, -127]:
+    # row 0: 127 - 64 = 63; row 1: 127 + 64 - 32 = 159; y = 0.5125 * acc / 127
+    y = packed(torch.tensor([[1.0, 0.5, 0.25, -1.0]]))
+    torch.testing.assert_close(y, torch.tensor([[0.5125 * 63 / 127, 0.5125 * 159 / 127]]),
+                               rtol=1e-6, atol=0)
+    assert packed.packed.dtype == torch.int8 and packed.packed.shape == (4, 2)  # (in, out)
+
+
+def _float64_replay(model, recorded: dict[str, list]) -> None:
+    """Make ``model`` (a fake-quant BitLinear model) a float64 reference that multiplies each
+    BitLinear by the int8 activations the packed model recorded for it: the fake-quant formula
+    (q / s_x) @ (codes * s_w)^T + b with the same quantized activations, so a rounding tie that
+    the two float orders break differently cannot make the comparison flaky on any CPU."""
+    from wrinklefree.export.pack import ternary_state
+
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, BitLinear)]:
+        codes, scale = ternary_state(layer)
+        weight = codes.double() * scale.double()
+        inputs = iter(recorded[name])
+
+        def forward(x, weight=weight, inputs=inputs, bias=layer.bias):
+            q, s_x = next(inputs)
+            y = (q.double() / s_x.double()) @ weight.t()
+            return y if bias is None else y + bias.double()
+
+        layer.forward = forward
+    model.double()
+
+
+@pytest.mark.parametrize("weight_quant", ["absmean", "absmean_channel"])
+def test_int8_kernel_logits_equal_fake_quant_reference(weight_quant):
+    """Logits within 1e-4 of the logit scale of a float64 fake-quant reference fed the same int8
+    activations (the integer matmul is exact; the rest is float32 vs float64 rounding)."""
+    import copy
+
+    model = convert_model_to_bitnet(tiny_llama(), weight_quant=weight_quant, calibrate=False)
+    reference = copy.deepcopy(model)
+    ids = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(1))
+    pack_model(model, kernel="int8")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, PackedBitLinear)}
+    assert len(layers) == 14 and all(m.kernel == "int8" for m in layers.values())
+    for layer in layers.values():
+        layer.record = []
+    with torch.no_grad():
+        got = model(ids).logits.double()
+        _float64_replay(reference, {n: m.record for n, m in layers.items()})
+        expected = reference(ids).logits
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() <= 1e-4 * scale
+
+
+def test_int8_kernel_is_close_to_the_fake_quant_model_end_to_end():
+    model = convert_model_to_bitnet(tiny_llama(), calibrate=False)
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(ids).logits
+        got = pack_model(model, kernel="int8")(ids).logits
+    cos = torch.nn.functional.cosine_similarity(got, expected, dim=-1)
+    assert cos.min() > 0.999
+
+
+def test_int8_weight_bytes_and_refusals():
+    model = convert_model_to_bitnet(tiny_llama(), calibrate=False)
+    n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, BitLinear))
+    pack_model(model, kernel="int8")
+    assert weight_bytes(model)["linear"] == n_linear + 14 * 4  # 1 byte per weight + scales
+    with pytest.raises(ValueError, match="'int4'"):
+        PackedBitLinear.from_bitlinear(BitLinear(4, 2), kernel="int4")
+    layer = BitLinear(4, 2)
+    layer.quantize_activations = False
+    with pytest.raises(ValueError, match="kernel='2bit'"):
+        PackedBitLinear.from_bitlinear(layer, kernel="int8")

@@ -84,10 +84,12 @@ def test_objective_averages_q_k_v_relations():
 
 
 def test_block_objective_uses_the_dlm_mask():
-    student = SimpleNamespace(qkv=qkv(torch.cat([STUDENT, TEACHER], dim=1)))
+    # a DLM batch: the student's noisy view (dlm_qkv) against the teacher's clean window
+    student = SimpleNamespace(qkv={}, dlm_qkv=qkv(torch.cat([STUDENT, TEACHER], dim=1)))
     teacher = SimpleNamespace(qkv=qkv(torch.cat([TEACHER, TEACHER], dim=1)))
     objective = BlockAttentionDistillObjective(block_size=2)
     batch = {"input_ids": torch.zeros(1, 4, dtype=torch.long)}
+    batch["dlm_noisy_ids"] = torch.zeros(1, 4, dtype=torch.long)
     batch["dlm_mask"] = torch.tensor([[False, False, True, True]])
     assert objective(student, batch, teacher).loss.item() == 0.0
     batch["dlm_mask"] = torch.tensor([[True, False, False, False]])

@@ -1,5 +1,6 @@
-"""DLM: maskable positions, complementary masks, batch doubling, token-shifted loss with and
-without 1/t weighting, the mask-token helper and its checks."""
+"""DLM: maskable positions, complementary masks, the noisy views beside the clean window,
+token-shifted loss with and without 1/t weighting, the mask-token helper and its checks.
+The block layout itself: tests/objectives/test_block_diffusion.py."""
 
 import math
 from types import SimpleNamespace
@@ -26,6 +27,11 @@ def test_maskable_positions_skip_first_documents_ignored_and_padding():
         ]
     )
     assert torch.equal(maskable_positions(batch), expected)
+    # blocks of 2 positions per document: positions 0, 2, 4 open a block and are never masked
+    expected[0, 2] = expected[1, 2] = False
+    assert torch.equal(maskable_positions(batch, block_size=2), expected)
+    plain = {"labels": torch.tensor([[5, 6, 7, 8, 9]])}  # no position ids: 0..L-1
+    assert maskable_positions(plain, 3).tolist() == [[False, True, True, False, True]]
 
 
 def test_complementary_masks_cover_each_maskable_token_once():
@@ -39,23 +45,25 @@ def test_complementary_masks_cover_each_maskable_token_once():
     assert torch.equal(full[:4], maskable) and not full[4:].any()
 
 
-def test_preprocess_doubles_every_tensor_and_masks_only_maskable_tokens(make_batch):
+def test_preprocess_keeps_the_clean_window_and_adds_complementary_noisy_copies(make_batch):
     batch = make_batch(batch=3, length=10)
     batch["attention_mask"] = torch.ones(3, 10, dtype=torch.long)
     batch["attention_mask"][2, 7:] = 0
     batch["source"] = "asv"
-    objective = DLMObjective(mask_token_id=127, mask_prob=0.5, allow_vocab_mask_token=True)
+    objective = DLMObjective(mask_token_id=127, mask_prob=0.5, block_size=4,
+                             allow_vocab_mask_token=True)
     out = objective.preprocess_batch(batch)
-    for key in ("labels", "position_ids", "attention_mask"):
-        assert torch.equal(out[key], torch.cat([batch[key], batch[key]]))
-    assert out["source"] == "asv"
-    assert torch.equal(out["original_input_ids"], torch.cat([batch["input_ids"]] * 2))
+    for key in ("input_ids", "labels", "position_ids", "attention_mask"):
+        assert out[key] is batch[key]  # the AR objectives' input is untouched, not doubled
+    assert out["source"] == "asv" and out["dlm_block_size"] == 4
     mask = out["dlm_mask"]
-    assert torch.equal(mask[:3] | mask[3:], maskable_positions(batch))
-    assert (out["input_ids"][mask] == 127).all()
-    assert torch.equal(out["input_ids"][~mask], out["original_input_ids"][~mask])
+    assert mask.shape == (6, 10) and not (mask[:3] & mask[3:]).any()
+    assert torch.equal(mask[:3] | mask[3:], maskable_positions(batch, 4))
+    noisy, clean = out["dlm_noisy_ids"], batch["input_ids"].repeat(2, 1)
+    assert (noisy[mask] == 127).all() and torch.equal(noisy[~mask], clean[~mask])
+    assert not mask[:, ::4].any()  # block-opening tokens stay visible
     assert torch.equal(out["dlm_rate"], torch.tensor([0.5] * 6))
-    assert batch["input_ids"].shape == (3, 10) and "dlm_mask" not in batch  # input untouched
+    assert "dlm_mask" not in batch  # input untouched
 
 
 def test_random_rate_is_within_eps_and_complementary():
@@ -95,13 +103,13 @@ def test_token_shifted_loss_with_inverse_rate_weights():
     assert ce.item() == pytest.approx((LN3 + LN4) / 2, rel=1e-6)
 
 
-def test_objective_forward_uses_the_batch_mask_and_rate():
+def test_objective_forward_reads_the_noisy_views_with_the_batch_mask_and_rate():
     batch = {
-        "original_input_ids": TARGETS,
+        "input_ids": TARGETS[:1],  # the clean window; rows 0 and 1 of the views are its copies
         "dlm_mask": MASK,
         "dlm_rate": torch.tensor([0.25, 0.75]),
     }
-    out = SimpleNamespace(logits=LOGITS)
+    out = SimpleNamespace(logits=torch.zeros(1, 3, 3), dlm_logits=LOGITS)
     fixed = DLMObjective(mask_token_id=2, mask_prob=0.5, allow_vocab_mask_token=True)
     assert fixed(out, batch).loss.item() == pytest.approx((LN3 + LN4) / 2, rel=1e-6)
     elbo = DLMObjective(mask_token_id=2, allow_vocab_mask_token=True)
@@ -118,7 +126,9 @@ def test_errors():
     with pytest.raises(ValueError, match="longer than 2"):
         objective.preprocess_batch(short)
     with pytest.raises(ValueError, match="no 'dlm_mask'"):
-        objective(SimpleNamespace(logits=LOGITS), {"original_input_ids": TARGETS})
+        objective(SimpleNamespace(dlm_logits=LOGITS), {"input_ids": TARGETS[:1]})
+    with pytest.raises(ValueError, match="no 'dlm_logits'"):
+        objective(SimpleNamespace(logits=LOGITS), {"input_ids": TARGETS[:1], "dlm_mask": MASK})
     batch = {
         "input_ids": torch.zeros(1, 4, dtype=torch.long),
         "labels": torch.zeros(1, 4, dtype=torch.long),
@@ -127,7 +137,9 @@ def test_errors():
         objective.preprocess_batch(objective.preprocess_batch(batch))
     outside = DLMObjective(mask_token_id=3, allow_vocab_mask_token=True)
     with pytest.raises(ValueError, match="outside the model's 3 logits"):
-        outside(SimpleNamespace(logits=LOGITS), {"original_input_ids": TARGETS, "dlm_mask": MASK})
+        outside(SimpleNamespace(dlm_logits=LOGITS), {"input_ids": TARGETS[:1], "dlm_mask": MASK})
+    with pytest.raises(ValueError, match="block_size must be >= 2"):
+        DLMObjective(mask_token_id=1, block_size=1, allow_vocab_mask_token=True)
     with pytest.raises(ValueError, match="without the tokenizer"):
         DLMObjective(mask_token_id=5)
 

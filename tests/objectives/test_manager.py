@@ -64,9 +64,24 @@ def test_weight_zero_dlm_leaves_the_batch_identical_and_not_doubled(make_batch):
     assert out is batch and set(out) == set(snapshot)
     assert all(torch.equal(out[k], snapshot[k]) for k in snapshot)
     active = ObjectiveManager([ContinuePretrainObjective(), dlm], {"dlm": 0.5})
-    doubled = active.preprocess_batch(batch)
-    assert doubled["input_ids"].shape == (4, 8) and doubled["dlm_mask"].any()
-    assert (doubled["input_ids"] == 127).sum() == doubled["dlm_mask"].sum()
+    prepared = active.preprocess_batch(batch)
+    assert prepared["input_ids"] is batch["input_ids"]  # the clean window, not doubled
+    assert prepared["dlm_noisy_ids"].shape == (4, 8) and prepared["dlm_mask"].any()
+    assert (prepared["dlm_noisy_ids"] == 127).sum() == prepared["dlm_mask"].sum()
+
+
+def test_ar_objectives_never_read_masked_or_doubled_input(make_batch):
+    """Second guard, whatever the weights: the manager refuses to hand CE a masked batch."""
+    batch = make_batch(batch=2, length=8)
+    dlm = DLMObjective(mask_token_id=127, mask_prob=0.5, allow_vocab_mask_token=True)
+    manager = ObjectiveManager([ContinuePretrainObjective(), dlm], {"dlm": 0.0})
+    masked = {**batch, "input_ids": batch["input_ids"].masked_fill(
+        torch.rand(2, 8, generator=torch.Generator().manual_seed(0)) < 0.5, 127)}
+    with pytest.raises(ValueError, match="contains the DLM mask token 127"):
+        manager(SimpleNamespace(logits=torch.zeros(2, 8, 128)), masked)
+    with pytest.raises(ValueError, match="do not match the clean window"):
+        manager(SimpleNamespace(logits=torch.zeros(4, 8, 128)), batch)
+    assert manager(SimpleNamespace(logits=torch.zeros(2, 8, 128)), batch).loss.item() > 0
 
 
 def test_weight_zero_objective_is_never_called():
@@ -87,7 +102,7 @@ def test_curriculum_turns_dlm_on_only_in_its_phase(make_batch):
     manager.step()
     assert manager.current_phase.name == "dlm" and manager.current_phase.data_config == "mixed"
     assert manager.requirements().teacher is True
-    assert manager.preprocess_batch(batch)["input_ids"].shape == (4, 8)
+    assert manager.preprocess_batch(batch)["dlm_noisy_ids"].shape == (4, 8)
 
 
 def test_loss_is_the_weighted_sum_and_metrics_are_flat_floats():

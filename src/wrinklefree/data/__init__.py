@@ -5,7 +5,13 @@ Start at :func:`build_train_stream` (the training windows) and :func:`build_val_
 
 from wrinklefree.data.cache import TokenStore, tokenizer_fingerprint
 from wrinklefree.data.config import DataConfig, RemixConfig, SourceConfig, as_data_config
-from wrinklefree.data.heldout import asv_split, calibration_batches, heldout_windows
+from wrinklefree.data.heldout import (
+    DOMAINS,
+    asv_split,
+    calibration_batches,
+    domain_windows,
+    heldout_windows,
+)
 from wrinklefree.data.influence import (
     InfluenceRemixer,
     build_probe_batch,
@@ -24,7 +30,7 @@ from wrinklefree.data.packing import collate, make_window, packed_position_ids
 __all__ = [
     "DataConfig", "RemixConfig", "SourceConfig", "as_data_config",
     "TokenStore", "tokenizer_fingerprint",
-    "asv_split", "calibration_batches", "heldout_windows",
+    "DOMAINS", "asv_split", "calibration_batches", "domain_windows", "heldout_windows",
     "InfluenceRemixer", "build_probe_batch", "estimate_source_influence", "influence_params",
     "remix_weights",
     "MixtureStream", "build_train_stream", "build_val_windows", "phase_weights",

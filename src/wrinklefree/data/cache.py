@@ -104,6 +104,11 @@ class TokenStore:
         self._bar = None
         self._starts: np.ndarray | None = None  # shard start offsets, once fully tokenised
         self._maps: dict[int, np.ndarray] = {}  # open shard memory maps, oldest first
+        self.sampler = None  # kind: teacher_samples: documents come from a model, not text
+        if source.is_generated:
+            from wrinklefree.data.generated import TeacherSampler
+
+            self.sampler = TeacherSampler(source.sampling, tokenizer)
 
     @property
     def num_shards(self) -> int | None:
@@ -130,7 +135,9 @@ class TokenStore:
             i = 0
             while self.shard_path(i).is_file():  # resume a cache a crash left half-built
                 i += 1
-            self._bar = tqdm(desc=f"tokenising {self.source.name}", unit="doc",
+            verb = "sampling" if self.sampler else "tokenising"
+            total = self.source.sampling.num_docs if self.sampler else None
+            self._bar = tqdm(desc=f"{verb} {self.source.name}", unit="doc", total=total,
                              initial=i * self.shard_docs, mininterval=1.0)
             try:
                 while self.shard(i) is not None:
@@ -138,6 +145,8 @@ class TokenStore:
             finally:
                 self._bar.close()
                 self._bar = None
+                if self.sampler:
+                    self.sampler.release()
         return self.num_shards
 
     def _documents(self, start: int, count: int) -> list[str]:
@@ -148,11 +157,15 @@ class TokenStore:
         return docs
 
     def _build(self, i: int) -> np.ndarray | None:
-        docs = self._documents(i * self.shard_docs, self.shard_docs)
-        tokens = self.tokenize(docs) if docs else None
+        if self.sampler is not None:  # sampled ids, the bar advanced per generated batch
+            docs = self.sampler.documents(i * self.shard_docs, self.shard_docs, self._bar)
+            tokens = self.flatten(docs) if docs else None
+        else:
+            docs = self._documents(i * self.shard_docs, self.shard_docs)
+            tokens = self.tokenize(docs) if docs else None
         if tokens is not None:
             _atomic_write(self.shard_path(i), lambda f: np.save(f, tokens))
-            if self._bar is not None:
+            if self._bar is not None and self.sampler is None:
                 self._bar.update(len(docs))
             elif self.streaming:
                 log.info("tokenised shard %d of %s (%d tokens)", i, self.source.name, len(tokens))
@@ -210,6 +223,10 @@ class TokenStore:
     def tokenize(self, docs: list[str]) -> np.ndarray:
         """One batched tokenizer call; every document followed by EOS, as one flat array."""
         ids = self.tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
+        return self.flatten(ids)
+
+    def flatten(self, ids: list[list[int]]) -> np.ndarray:
+        """Documents of ids as one flat array, every document followed by EOS."""
         flat = np.concatenate([np.array([*doc, self.eos], dtype=np.int64) for doc in ids])
         if flat.size and flat.max() >= np.iinfo(self.dtype).max + 1:
             raise ValueError(f"token id {flat.max()} does not fit {self.dtype} (tokenizer size "

@@ -1,9 +1,11 @@
 """Plain dataclasses describing the training data (Hydra structured-config friendly).
 
 A run trains on a *mixture* of sources. Each source is a local file / folder / glob, a Hugging Face
-dataset name, or the embedded ASV text (``name: asv`` or ``path: asv://``), and carries a sampling
-weight. Everything that changes the tokens on disk (format, text field, shard size) is part of the
-cache key; everything that only changes the order they are read in (seed, weights) is not.
+dataset name, the embedded ASV text (``name: asv`` or ``path: asv://``), or documents sampled from
+a full-precision model (``kind: teacher_samples``, see ``data/generated.py``), and carries a
+sampling weight. Everything that changes the tokens on disk (format, text field, shard size) is
+part of the cache key; everything that only changes the order they are read in (seed, weights) is
+not.
 """
 
 from __future__ import annotations
@@ -14,6 +16,45 @@ from pathlib import Path
 ASV_NAME = "asv"
 ASV_PATH = "asv://"
 FORMATS = ("auto", "text", "jsonl", "parquet")
+KINDS = ("text", "teacher_samples")
+FIRST_TOKENS = ("random", "bos")
+
+
+@dataclass
+class SamplingConfig:
+    """How a ``kind: teacher_samples`` source draws documents from a full-precision model
+    (data-free QAT, LLM-QAT arXiv 2305.17888 Sec. 2.1). Every field is part of the cache key."""
+
+    model: str | None = None  # anything load_model accepts; the presets use ${model.source}
+    num_docs: int = 512  # documents to sample (the source's size)
+    max_new_tokens: int = 128  # tokens per document after the first (shorter if EOS is drawn)
+    temperature: float = 1.0
+    top_p: float = 0.95  # nucleus sampling; 1.0 = the full distribution
+    first_token: str = "random"  # random: uniform over first_token_range (LLM-QAT) | bos
+    first_token_range: list[int] | None = None  # [lo, hi) of random first ids; None = vocab
+    batch_size: int = 16  # sequences generated together (KV cache)
+    seed: int = 0
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+
+    def validate(self, name: str) -> None:
+        where = f"source '{name}' (kind: teacher_samples)"
+        if not self.model:
+            raise ValueError(f"{where} needs sampling.model: the model to sample from (e.g. "
+                             "smollm2, or ${{model.source}} in a preset)")
+        if self.first_token not in FIRST_TOKENS:
+            raise ValueError(f"{where}: sampling.first_token={self.first_token!r}, expected one "
+                             f"of {FIRST_TOKENS}")
+        for key in ("num_docs", "max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{where}: sampling.{key}={getattr(self, key)} must be >= 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"{where}: sampling needs temperature > 0 and 0 < top_p <= 1, got "
+                             f"temperature={self.temperature}, top_p={self.top_p}")
+        rng = self.first_token_range
+        if rng is not None and (len(rng) != 2 or not 0 <= rng[0] < rng[1]):
+            raise ValueError(f"{where}: sampling.first_token_range={rng} must be [lo, hi) with "
+                             "0 <= lo < hi")
 
 
 @dataclass
@@ -28,14 +69,39 @@ class SourceConfig:
     text_field: str = "text"  # jsonl / parquet / HF column holding the document text
     format: str = "auto"  # auto (by file extension) | text | jsonl | parquet
     weight: float = 1.0
+    kind: str = "text"  # text (path / hf_name / asv) | teacher_samples (sampled from a model)
+    sampling: SamplingConfig | None = None  # kind: teacher_samples only
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sampling, dict):
+            self.sampling = SamplingConfig(**self.sampling)
+        if self.kind == "teacher_samples" and self.sampling is None:
+            self.sampling = SamplingConfig()
 
     @property
     def is_asv(self) -> bool:
+        if self.kind != "text":
+            return False
         if self.path == ASV_PATH:
             return True
         return self.name == ASV_NAME and not self.path and not self.hf_name
 
+    @property
+    def is_generated(self) -> bool:
+        """Sampled from a model (``kind: teacher_samples``) rather than read from text."""
+        return self.kind == "teacher_samples"
+
     def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"source '{self.name}': kind={self.kind!r}, expected one of {KINDS}")
+        if self.weight < 0:
+            raise ValueError(f"source '{self.name}': weight={self.weight} must be >= 0")
+        if self.is_generated:
+            if self.path or self.hf_name:
+                raise ValueError(f"source '{self.name}' (kind: teacher_samples) is sampled from "
+                                 "sampling.model; remove path / hf_name")
+            self.sampling.validate(self.name)
+            return
         if self.path and self.hf_name:
             raise ValueError(
                 f"source '{self.name}' sets both path={self.path!r} and hf_name={self.hf_name!r}; "
@@ -50,8 +116,6 @@ class SourceConfig:
             raise ValueError(
                 f"source '{self.name}': format={self.format!r}, expected one of {FORMATS}"
             )
-        if self.weight < 0:
-            raise ValueError(f"source '{self.name}': weight={self.weight} must be >= 0")
 
 
 @dataclass

@@ -2,6 +2,11 @@
 
 The split is by document, deterministic (every ``HELDOUT_EVERY``-th document is held out), so
 every model, run and machine evaluates on exactly the same text.
+
+Two evaluation *domains* (:func:`domain_windows`): ``asv``, the held-out ASV split (the style the
+demo trains on), and ``english``, general news English that no training mixture may use
+(``assets.english_documents``). A student that only learned the Bible's style scores well on the
+first and badly on the second; reporting both is what keeps a recipe honest.
 """
 
 from __future__ import annotations
@@ -42,6 +47,32 @@ def token_windows(
 def heldout_windows(tokenizer, seq_len: int = 256, num_windows: int = 16) -> torch.Tensor:
     """The first ``num_windows`` held-out ASV windows of ``seq_len`` tokens, (N, seq_len)."""
     return token_windows(tokenizer, asv_split()[1], seq_len, num_windows)
+
+
+DOMAINS = ("asv", "english")
+
+
+def domain_documents(domain: str) -> list[str]:
+    """The evaluation documents of ``domain``: held-out ASV, or all 300 English news articles
+    (none of them is ever trained on, so all are held out)."""
+    if domain == "asv":
+        return asv_split()[1]
+    if domain == "english":
+        return list(assets.english_documents())
+    raise ValueError(f"unknown evaluation domain {domain!r}; choose one of {DOMAINS}")
+
+
+def domain_windows(
+    tokenizer, seq_len: int = 256, num_windows: int = 16, domains: tuple[str, ...] = DOMAINS
+) -> dict[str, torch.Tensor]:
+    """Fixed evaluation windows per domain: ``{"asv": (N, L), "english": (N, L)}``.
+
+    The ``asv`` windows equal :func:`heldout_windows`, so ASV numbers stay comparable with
+    every earlier report; both are contiguous text from the first document on, EOS between
+    documents.
+    """
+    return {d: token_windows(tokenizer, domain_documents(d), seq_len, num_windows)
+            for d in domains}
 
 
 def calibration_batches(

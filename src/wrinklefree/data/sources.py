@@ -16,8 +16,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from wrinklefree import assets
 from wrinklefree.data.config import SourceConfig
 from wrinklefree.data.heldout import HELDOUT_EVERY, asv_split
+from wrinklefree.errors import MissingFieldError, UserInputError
 
 EXTENSIONS = {
     ".txt": "text", ".text": "text", ".md": "text",
@@ -31,8 +33,8 @@ def source_files(source: SourceConfig) -> list[Path]:
     raw = str(Path(source.path).expanduser())
     path = Path(raw)
     if path.is_file():
-        return [path]
-    if path.is_dir():
+        files = [path]
+    elif path.is_dir():
         candidates = sorted(p for p in path.rglob("*") if p.is_file())
         files = [p for p in candidates if p.suffix in EXTENSIONS or source.format != "auto"]
     else:
@@ -42,7 +44,23 @@ def source_files(source: SourceConfig) -> list[Path]:
             f"source '{source.name}': path {source.path!r} matches no data files "
             f"(expected a file, a folder with {sorted(EXTENSIONS)} files, or a glob)"
         )
+    refuse_evaluation_text(source, files)
     return files
+
+
+def refuse_evaluation_text(source: SourceConfig, files: list[Path]) -> None:
+    """Training on the general-English evaluation corpus would make its perplexity meaningless:
+    a source that reaches that file is an error."""
+    try:
+        heldout = assets.english_corpus_path().resolve()
+    except FileNotFoundError:  # not installed: nothing to protect
+        return
+    if any(p.resolve() == heldout for p in files):
+        raise ValueError(
+            f"source '{source.name}': path {source.path!r} includes {heldout}, the general-English "
+            "evaluation corpus (wf eval --domain english); it must never be trained on. Point the "
+            "source at other text (exclude gensim's test_data folder)"
+        )
 
 
 def file_format(path: Path, declared: str) -> str:
@@ -57,22 +75,48 @@ def file_format(path: Path, declared: str) -> str:
     return EXTENSIONS[path.suffix]
 
 
+def _read_utf8(data: bytes, path: Path, first_line: int = 1) -> str:
+    """``data`` decoded; invalid UTF-8 is an error naming the file and line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data[: err.start].count(b"\n")
+        raise UserInputError(
+            f"{path}:{line} is not valid UTF-8 ({err.reason}); convert the file to UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8) or leave it out of the source"
+        ) from err
+
+
 def _text_documents(path: Path) -> Iterator[str]:
-    yield from re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
+    yield from re.split(r"\n\s*\n", _read_utf8(path.read_bytes(), path))
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if field not in row:
-                raise KeyError(
-                    f"{path}:{lineno} has no field {field!r} (fields: {sorted(row)}); set "
-                    "text_field on the source"
-                )
-            yield row[field]
+    with path.open("rb") as f:  # line by line: a .jsonl file can be larger than memory
+        for lineno, raw in enumerate(f, 1):
+            line = _read_utf8(raw, path, lineno)
+            if line.strip():
+                yield _jsonl_text(line, path, lineno, field)
+
+
+def _jsonl_text(line: str, path: Path, lineno: int, field: str) -> str:
+    """One jsonl line's text field; a bad line is an error naming the file and line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserInputError(
+            f"{path}:{lineno} is not valid JSON ({err.msg} at column {err.colno}); each line "
+            "of a .jsonl file must be one JSON object"
+        ) from err
+    if not isinstance(row, dict):
+        raise UserInputError(f"{path}:{lineno} is a JSON {type(row).__name__}, not an object "
+                             f"with a {field!r} field")
+    if field not in row:
+        raise MissingFieldError(
+            f"{path}:{lineno} has no field {field!r} (fields: {sorted(row)}); set text_field "
+            "on the source"
+        )
+    return row[field]
 
 
 def _parquet_documents(path: Path, field: str) -> Iterator[str]:
@@ -121,6 +165,9 @@ def _raw_documents(source: SourceConfig) -> Iterator[str]:
 
 def iter_documents(source: SourceConfig, start: int = 0) -> Iterator[str]:
     """The source's non-empty documents (stripped), from document number ``start`` on."""
+    if source.is_generated:
+        raise TypeError(f"source '{source.name}' is sampled from a model, not read as text; "
+                        "its tokens come from wrinklefree.data.generated.TeacherSampler")
     docs = (d.strip() for d in _raw_documents(source) if d is not None)
     return itertools.islice((d for d in docs if d), start, None)
 
@@ -133,6 +180,10 @@ def is_streaming(source: SourceConfig) -> bool:
 def source_identity(source: SourceConfig) -> dict:
     """What the tokens of ``source`` depend on, for the cache key: files with sizes and mtimes,
     the HF dataset coordinates, or the ASV split rule."""
+    if source.is_generated:  # the model, every sampling setting and the count
+        from wrinklefree.data.generated import sampling_identity
+
+        return {"teacher_samples": sampling_identity(source.sampling)}
     if source.is_asv:  # hash the text itself: the split rule or the asset could change
         digest = hashlib.sha256("\x00".join(asv_split()[0]).encode()).hexdigest()
         return {"asv": digest, "heldout_every": HELDOUT_EVERY}

@@ -46,7 +46,7 @@ def load_classifier(src: str, num_labels: int, pad_token_id: int) -> nn.Module:
     options = bitnet_config_of(causal)
     if options is not None:  # LRC factors are copied below: skip their SVD initialisation
         build = options if options.lrc_rank is None else replace(options, lrc_init="kaiming")
-        convert_model_to_bitnet(model, build)
+        convert_model_to_bitnet(model, build, calibrate=False)  # weights copied below
     model.base_model.load_state_dict(causal.base_model.state_dict())
     dtype = next(causal.parameters()).dtype
     return model.to(dtype).eval()

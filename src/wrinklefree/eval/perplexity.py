@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wrinklefree.data.heldout import heldout_windows, token_windows
+from wrinklefree.errors import UserInputError
 
 
 def eval_windows(
@@ -21,12 +22,24 @@ def eval_windows(
     Models that share a tokenizer get identical windows, so their numbers compare.
     """
     if text is None:
-        return heldout_windows(tokenizer, seq_len, num_windows)
+        windows = heldout_windows(tokenizer, seq_len, num_windows)
+        return require_windows(windows, num_windows, seq_len)
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"--text {path} does not exist; pass a UTF-8 text file")
     documents = [d for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    return token_windows(tokenizer, documents, seq_len, num_windows)
+    return require_windows(token_windows(tokenizer, documents, seq_len, num_windows), num_windows,
+                   seq_len)
+
+
+def require_windows(windows: torch.Tensor, asked: int, seq_len: int) -> torch.Tensor:
+    """Refuse fewer windows than asked for: a silent shortfall would make reports of
+    different --windows look comparable."""
+    if windows.shape[0] < asked:
+        raise UserInputError(f"--windows {asked}: the text has only {windows.shape[0]} windows "
+                             f"of {seq_len} tokens; pass --windows {windows.shape[0]} or less "
+                             "(or a shorter --seq-len, or a longer --text)")
+    return windows
 
 
 @torch.no_grad()

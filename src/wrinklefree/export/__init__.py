@@ -34,10 +34,12 @@ def resolve_model_dir(src: str | Path) -> Path:
 
 
 def export_model(src: str | Path, out: str | Path, fmt: str = "gguf", *,
-                 weight_type: str = "tq2_0", embed_type: str = "f16") -> dict[str, tuple[str, int]]:
+                 weight_type: str = "tq2_0", embed_type: str = "f16",
+                 fallback_type: str = "q4_0") -> dict[str, tuple[str, int]]:
     """Load a converted model folder (or run folder) and write it as ``fmt`` to ``out``.
 
-    Returns tensor name -> (storage type, bytes). ``weight_type`` / ``embed_type`` apply to GGUF.
+    Returns tensor name -> (storage type, bytes). ``weight_type`` / ``embed_type`` /
+    ``fallback_type`` apply to GGUF (see :func:`wrinklefree.export.gguf.export_gguf`).
     """
     from wrinklefree.models import load_model
 
@@ -48,7 +50,8 @@ def export_model(src: str | Path, out: str | Path, fmt: str = "gguf", *,
     if fmt == "gguf":
         from wrinklefree.export.gguf import export_gguf
 
-        return export_gguf(model, out, folder, weight_type=weight_type, embed_type=embed_type)
+        return export_gguf(model, out, folder, weight_type=weight_type, embed_type=embed_type,
+                           fallback_type=fallback_type)
     from wrinklefree.export.hf import export_hf
 
     return export_hf(model, out, folder)

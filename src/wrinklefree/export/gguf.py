@@ -25,6 +25,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from wrinklefree.export.blocks import (
+    GGML_TYPES,
+    GGMLType,
+    encode_q2_0_ternary,
+    encode_q4_0_ternary,
+    encode_q6_k,
+    encode_q8_0_ternary,
+)
 from wrinklefree.export.pack import (
     PER_CHANNEL_QUANTS,
     check_exportable,
@@ -37,13 +45,20 @@ from wrinklefree.nn import BitLinear
 Q = gguf.GGMLQuantizationType
 T = gguf.MODEL_TENSOR
 
-WEIGHT_TYPES = {"tq2_0": Q.TQ2_0, "tq1_0": Q.TQ1_0, "f16": Q.F16}
-EMBED_TYPES = {"f16": Q.F16, "q8_0": Q.Q8_0}
-FILE_TYPES = {
-    "tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0,
-    "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
-    "f16": gguf.LlamaFileType.MOSTLY_F16,
-}
+# Types that store ternary codes exactly (code * d with an fp16 d, or f16 values), by the row
+# width they need. TQ1_0/TQ2_0 pack whole rows of 256 (llama.cpp refuses other widths), Q2_0 rows
+# of 64, Q4_0 rows of 32; F16 any width (exact, but 16 bits per weight: only when asked for).
+WEIGHT_TYPES = ("tq2_0", "tq1_0", "q2_0", "q4_0", "f16")
+FALLBACK_TYPES = ("q4_0", "q2_0", "q8_0")  # rows that are not whole 256-blocks; q8_0: 8.5 bits
+DEFAULT_FALLBACK = "q4_0"  # SIMD dot product on x86; Q2_0's is generic C (docs/export.md)
+EMBED_TYPES = ("f16", "q8_0", "q6_k")
+# llama.h `enum llama_ftype` (MOSTLY_Q2_0 = 41 is not in gguf-py 0.19)
+FILE_TYPES = {"tq2_0": 37, "tq1_0": 36, "q2_0": 41, "q4_0": 2, "f16": 1}
+
+
+def _gguf_type(name: str) -> GGMLType:
+    return GGML_TYPES[name.upper()]
+
 
 # Module paths inside a decoder layer -> GGUF tensors.
 LAYER_LINEARS = {
@@ -68,34 +83,53 @@ def _name(tensor: gguf.MODEL_TENSOR, bid: int | None = None) -> str:
     return gguf.TENSOR_NAMES[tensor].format(bid=bid)
 
 
-def ternary_tensor_type(weight_type: str, in_features: int) -> gguf.GGMLQuantizationType:
-    """The GGML type of one ternary matrix whose rows hold ``in_features`` weights.
+def ternary_tensor_type(weight_type: str, in_features: int, *,
+                        fallback: str = DEFAULT_FALLBACK, tensor: str = "a projection") -> str:
+    """The GGML type (name) that stores one ternary matrix with rows of ``in_features`` exactly.
 
-    TQ1_0/TQ2_0 pack whole rows in blocks of 256 (llama.cpp refuses other row lengths), so a
-    matrix with rows of e.g. 576 (SmolLM2) falls back to Q8_0: blocks of 32 int8 with one f16
-    scale represent {-s, 0, s} exactly up to that scale. Rows not a multiple of 32 fall back to F16.
+    ``weight_type`` where the row width allows it (TQ1_0/TQ2_0: multiples of 256, Q2_0: 64,
+    Q4_0 and Q8_0: 32), else ``fallback`` (Q4_0, Q2_0 or Q8_0), else Q2_0, else Q4_0. Never a
+    silent float: raises ValueError naming the tensor when no exact quantized type fits.
     """
-    qtype = WEIGHT_TYPES[weight_type]
-    if qtype in (Q.TQ1_0, Q.TQ2_0) and in_features % 256:
-        qtype = Q.Q8_0
-    if qtype == Q.Q8_0 and in_features % 32:
-        qtype = Q.F16
-    return qtype
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"unknown GGUF weight type '{weight_type}'; choose one of {WEIGHT_TYPES}")
+    if fallback not in FALLBACK_TYPES:
+        raise ValueError(f"unknown fallback type '{fallback}'; choose one of {FALLBACK_TYPES}")
+    chain = [weight_type] if weight_type == "f16" else [weight_type, fallback, "q2_0", "q4_0"]
+    for name in chain:
+        if in_features % _gguf_type(name).block == 0:
+            return name.upper()
+    raise ValueError(
+        f"{tensor}: rows of {in_features} weights fit no exact llama.cpp ternary type "
+        f"(TQ1_0/TQ2_0 need multiples of 256, Q2_0 of 64, Q4_0 of 32); export with --type f16 "
+        "(exact, 16 bits per weight)"
+    )
 
 
-def _encode(values: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """float32 (out, in) -> the array GGUFWriter stores for ``qtype`` (bytes for block types)."""
-    if qtype == Q.F32:
+def _encode_ternary(codes: np.ndarray, d: np.ndarray, type_name: str) -> np.ndarray:
+    """int8 codes (out, in) with scale d ((out, 1) float32) -> what the writer stores: exact
+    code * f16(d) blocks (d = 1 keeps the codes themselves), or f16 values."""
+    if type_name == "F16":
+        return (codes * d).astype(np.float16)
+    if type_name == "Q4_0":
+        return encode_q4_0_ternary(codes, d)
+    if type_name == "Q2_0":
+        return encode_q2_0_ternary(codes, d)
+    if type_name == "Q8_0":
+        return encode_q8_0_ternary(codes, d)
+    # gguf's TQ quantizers take d = max|x| per block: exactly d where a block has a non-zero code
+    return gguf.quants.quantize((codes * d).astype(np.float32), Q[type_name])
+
+
+def _encode_float(values: np.ndarray, type_name: str) -> np.ndarray:
+    """float32 (out, in) -> the array the writer stores for a full-precision tensor."""
+    if type_name == "F32":
         return values.astype(np.float32)
-    if qtype == Q.F16:
+    if type_name == "F16":
         return values.astype(np.float16)
-    return gguf.quants.quantize(values.astype(np.float32), qtype)
-
-
-def _unit(qtype: gguf.GGMLQuantizationType) -> float:
-    """What the code 1 decodes to in ``qtype`` (Q8_0 stores 1 as 127 * f16(1/127) = 0.99994)."""
-    block = np.ones((1, gguf.GGML_QUANT_SIZES[qtype][0]), dtype=np.float32)
-    return float(gguf.quants.dequantize(_encode(block, qtype), qtype).reshape(-1)[0])
+    if type_name == "Q6_K":
+        return encode_q6_k(values)
+    return gguf.quants.quantize(values.astype(np.float32), Q[type_name])
 
 
 def _permute_for_rope(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -162,11 +196,29 @@ def _tied(model: nn.Module) -> bool:
     return out is None or out.weight is model.get_input_embeddings().weight
 
 
-def _fp_tensor(values: np.ndarray, qtype: gguf.GGMLQuantizationType):
-    """A full-precision matrix at ``qtype`` (Q8_0 needs rows of whole 32-blocks, else F16)."""
-    if qtype == Q.Q8_0 and values.shape[-1] % 32:
-        qtype = Q.F16
-    return _encode(values, qtype), qtype
+def fp_tensor_type(embed_type: str, in_features: int, tensor: str = "a tensor") -> str:
+    """The GGML type of a full-precision matrix stored at ``embed_type``.
+
+    Q6_K packs rows of 256 and Q8_0 rows of 32; narrower rows take the next type up, as
+    llama.cpp's own quantizer does (llama-quant.cpp: Q6_K -> Q8_0), with a warning.
+    """
+    import warnings
+
+    if embed_type not in EMBED_TYPES:
+        raise ValueError(f"unknown embedding type '{embed_type}'; choose one of {EMBED_TYPES}")
+    chosen = embed_type.upper()
+    for wanted, fallback in (("Q6_K", "Q8_0"), ("Q8_0", "F16")):
+        if chosen == wanted and in_features % _gguf_type(wanted).block:
+            warnings.warn(f"{tensor}: rows of {in_features} are not whole {wanted} blocks of "
+                          f"{_gguf_type(wanted).block}; stored as {fallback}", stacklevel=3)
+            chosen = fallback
+    return chosen
+
+
+def _fp_tensor(values: np.ndarray, embed_type: str, tensor: str):
+    """(array, type name) of a full-precision matrix at ``embed_type`` (see fp_tensor_type)."""
+    type_name = fp_tensor_type(embed_type, values.shape[-1], tensor)
+    return _encode_float(values, type_name), type_name
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -174,39 +226,46 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _linear_tensors(layer: nn.Linear, tensor, bid: int, arch: str, weight_type: str,
-                    embed_type: str, n_rope_heads: int | None):
-    """(name, array, qtype) of one projection: ternary codes (+ scale) or a full-precision one."""
+                    embed_type: str, fallback: str, n_rope_heads: int | None):
+    """(name, array, type name) of one projection: ternary codes (+ scale) or a full-precision
+    one (a layer excluded from conversion is stored like the embedding)."""
     name = _name(tensor, bid)
-    if not isinstance(layer, BitLinear):  # excluded from conversion: kept at embed precision
+    if not isinstance(layer, BitLinear):
         values = _numpy(layer.weight)
         if n_rope_heads:
             values = _permute_for_rope(values, n_rope_heads)
-        array, qtype = _fp_tensor(values, EMBED_TYPES[embed_type])
-        return [(f"{name}.weight", array, qtype)]
+        return [(f"{name}.weight", *_fp_tensor(values, embed_type, f"{name}.weight"))]
     codes, scale = ternary_state(layer)  # (out, in) int8, () or (out, 1)
-    qtype = ternary_tensor_type(weight_type, layer.in_features)
+    type_name = ternary_tensor_type(weight_type, layer.in_features, fallback=fallback,
+                                    tensor=f"{name}.weight")
+    # bitnet multiplies each matmul by an f32 {1}-shaped `.scale`: blocks hold the codes (d = 1)
     separate_scale = arch == "bitnet" and layer.weight_quant not in PER_CHANNEL_QUANTS
-    values = _numpy(codes if separate_scale else codes.float() * scale)
+    d = np.ones((codes.shape[0], 1), np.float32)
+    if not separate_scale:  # folded into each block's fp16 d (per row for per-channel scales)
+        d = d * _numpy(scale).reshape(-1, 1)
+    codes_np = codes.numpy()
     if n_rope_heads:
-        values = _permute_for_rope(values, n_rope_heads)
-    out = [(f"{name}.weight", _encode(values, qtype), qtype)]
-    if separate_scale:  # divided by the code's decoded unit so codes * scale is the exact weight
-        s = np.array([float(scale) / _unit(qtype)], dtype=np.float32)
-        out.append((f"{name}.scale", s, Q.F32))
+        codes_np, d = (_permute_for_rope(a, n_rope_heads) for a in (codes_np, d))
+    out = [(f"{name}.weight", _encode_ternary(codes_np, d, type_name), type_name)]
+    if separate_scale:
+        out.append((f"{name}.scale", np.array([float(scale)], dtype=np.float32), "F32"))
     return out
 
 
-def _model_tensors(model: nn.Module, arch: str, weight_type: str, embed_type: str):
+def _model_tensors(model: nn.Module, arch: str, weight_type: str, embed_type: str,
+                   fallback: str):
+    """(GGUF name, array, GGML type name) of every tensor, in llama.cpp's order."""
     cfg = model.config
-    embed_q = EMBED_TYPES[embed_type]
     embed = _numpy(model.get_input_embeddings().weight)
-    yield (_name(T.TOKEN_EMBD) + ".weight", *_fp_tensor(embed, embed_q))
-    yield _name(T.OUTPUT_NORM) + ".weight", _numpy(model.model.norm.weight), Q.F32
+    embed_name = _name(T.TOKEN_EMBD) + ".weight"
+    yield (embed_name, *_fp_tensor(embed, embed_type, embed_name))
+    yield _name(T.OUTPUT_NORM) + ".weight", _numpy(model.model.norm.weight), "F32"
     if not _tied(model):
         head = model.get_output_embeddings()
         if isinstance(head, BitLinear):
             raise ValueError("a ternary lm_head is not supported by the GGUF export")
-        yield (_name(T.OUTPUT) + ".weight", *_fp_tensor(_numpy(head.weight), embed_q))
+        head_name = _name(T.OUTPUT) + ".weight"
+        yield (head_name, *_fp_tensor(_numpy(head.weight), embed_type, head_name))
     rope_heads = {
         "self_attn.q_proj": cfg.num_attention_heads,
         "self_attn.k_proj": cfg.num_key_value_heads,
@@ -215,10 +274,10 @@ def _model_tensors(model: nn.Module, arch: str, weight_type: str, embed_type: st
         for path, tensor in LAYER_NORMS.items():
             norm = _submodule_or_none(layer, path)
             if norm is not None:
-                yield f"{_name(tensor, bid)}.weight", _numpy(norm.weight), Q.F32
+                yield f"{_name(tensor, bid)}.weight", _numpy(norm.weight), "F32"
         for path, tensor in LAYER_LINEARS.items():
             yield from _linear_tensors(layer.get_submodule(path), tensor, bid, arch, weight_type,
-                                       embed_type, rope_heads.get(path))
+                                       embed_type, fallback, rope_heads.get(path))
 
 
 def _submodule_or_none(module: nn.Module, path: str) -> nn.Module | None:
@@ -258,29 +317,35 @@ def export_gguf(
     *,
     weight_type: str = "tq2_0",
     embed_type: str = "f16",
+    fallback_type: str = DEFAULT_FALLBACK,
     name: str | None = None,
 ) -> dict[str, tuple[str, int]]:
     """Write ``model`` (a converted, fully ternary Llama) to ``out`` as GGUF.
 
     Args:
-        weight_type: ``tq2_0`` (2.06 bits/weight), ``tq1_0`` (1.69) or ``f16`` for the ternary
-            projections; rows that are not whole 256-blocks fall back per tensor (see
-            :func:`ternary_tensor_type`).
-        embed_type: ``f16`` or ``q8_0`` for the embedding, an untied output head and any
-            projection kept in full precision. Norms are always f32.
+        weight_type: type of the ternary projections: ``tq2_0`` (2.06 bits/weight), ``tq1_0``
+            (1.69), ``q2_0`` (2.25), ``q4_0`` (4.5) or ``f16``; all exact. Rows that are not
+            whole blocks of it take ``fallback_type`` per tensor (:func:`ternary_tensor_type`).
+        embed_type: ``f16``, ``q8_0`` or ``q6_k`` for the embedding, an untied output head and
+            any projection kept in full precision. Norms and scales are always f32.
+        fallback_type: ``q4_0`` or ``q2_0``, for rows that are not whole 256-blocks.
         tokenizer_dir: folder with ``tokenizer.json`` (byte-level BPE), written into the metadata.
 
     Returns:
         GGUF tensor name -> (GGML type name, bytes), for size reports.
     """
     if weight_type not in WEIGHT_TYPES:
-        raise ValueError(f"unknown GGUF weight type '{weight_type}'; choose {sorted(WEIGHT_TYPES)}")
+        raise ValueError(f"unknown GGUF weight type '{weight_type}'; choose one of {WEIGHT_TYPES}")
     if embed_type not in EMBED_TYPES:
-        raise ValueError(f"unknown embedding type '{embed_type}'; choose {sorted(EMBED_TYPES)}")
+        raise ValueError(f"unknown embedding type '{embed_type}'; choose one of {EMBED_TYPES}")
+    if fallback_type not in FALLBACK_TYPES:
+        raise ValueError(f"unknown fallback type '{fallback_type}'; choose one of {FALLBACK_TYPES}")
     check_exportable(model)
     arch = gguf_architecture(model)
     if arch == "bitnet":
         warn_subln_eps(model)
+    # every tensor is encoded before the file is opened: a refused tensor leaves no partial file
+    tensors = list(_model_tensors(model, arch, weight_type, embed_type, fallback_type))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(out, arch)
@@ -288,11 +353,23 @@ def export_gguf(
     add_tokenizer(writer, tokenizer_dir, model.config.vocab_size,
                   mask_token_id=getattr(model.config, "mask_token_id", None))
     sizes = {}
-    for tensor_name, array, qtype in _model_tensors(model, arch, weight_type, embed_type):
-        writer.add_tensor(tensor_name, array, raw_dtype=qtype if array.dtype == np.uint8 else None)
-        sizes[tensor_name] = (qtype.name, int(array.nbytes))
+    for tensor_name, array, type_name in tensors:
+        _add_tensor(writer, tensor_name, array, type_name)
+        sizes[tensor_name] = (type_name, int(array.nbytes))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return sizes
+
+
+def _add_tensor(writer: gguf.GGUFWriter, name: str, array: np.ndarray, type_name: str) -> None:
+    """Add one tensor; block types gguf-py does not know (Q2_0) go in by their raw type id."""
+    if array.dtype != np.uint8:
+        writer.add_tensor(name, array)
+    elif type_name in Q.__members__:
+        writer.add_tensor(name, array, raw_dtype=Q[type_name])
+    else:  # raw_shape in elements; an int8 view keeps gguf-py from looking the type up
+        t = _gguf_type(type_name)
+        shape = (*array.shape[:-1], array.shape[-1] // t.block_bytes * t.block)
+        writer.add_tensor(name, array.view(np.int8), raw_shape=shape, raw_dtype=t.type_id)

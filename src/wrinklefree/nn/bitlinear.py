@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from wrinklefree.nn.subln import SubLN
 from wrinklefree.quant import (
@@ -21,18 +22,27 @@ from wrinklefree.quant import (
     ste_mix,
 )
 
-# q/k/v (and gate/up) projections read the very same input tensor: quantize it once.
-_last_activation: tuple[torch.Tensor, int, float, torch.Tensor] | None = None
+# q/k/v (and gate/up) projections read the very same input tensor: quantize it once. The cache is
+# keyed on the input tensor's identity and holds it weakly, so an entry lives exactly as long as
+# that input (one decoder layer's forward for a normed hidden state) and never keeps it alive.
+_ACTIVATION_CACHE = WeakIdKeyDictionary()
 
 
 def _quantized_activation(x: torch.Tensor, lam: float) -> torch.Tensor:
-    """ste_mix value of the int8 activation quantization of ``x``, reused for the same tensor."""
-    global _last_activation
-    cached = _last_activation
-    if cached is not None and cached[0] is x and cached[1] == x._version and cached[2] == lam:
-        return cached[3]
+    """ste_mix value of the int8 activation quantization of ``x``, reused for the same tensor.
+
+    Reused only while ``x`` is unchanged (same version counter) and at the same lambda. Inference
+    tensors have no version counter and a compiled graph deduplicates the work itself: both are
+    quantized afresh on every call.
+    """
+    if x.is_inference() or torch.compiler.is_compiling():
+        return ste_mix(x, absmax_activation_quant(x), lam)
+    key = (x._version, lam)
+    cached = _ACTIVATION_CACHE.get(x)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     x_q = ste_mix(x, absmax_activation_quant(x), lam)
-    _last_activation = (x, x._version, lam, x_q)
+    _ACTIVATION_CACHE[x] = (key, x_q)
     return x_q
 
 

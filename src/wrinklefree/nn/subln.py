@@ -6,12 +6,22 @@ import torch
 import torch.nn as nn
 
 
-class SubLN(nn.Module):
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm y = x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019, Eq. 4).
 
-    BitDistill (arXiv 2510.13998, Sec. 3.1) inserts it before o_proj and down_proj.
+    The statistics are computed in float32 and the normalised value is cast back before the gain,
+    exactly as transformers' ``LlamaRMSNorm`` / ``BitNetRMSNorm`` do, so an exported model
+    reproduces these values bit for bit in any dtype.
+    """
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
 
-    Computed in float32 and cast back, like the decoders' own RMSNorm.
+
+class SubLN(nn.Module):
+    """RMSNorm before o_proj and down_proj (BitDistill, arXiv 2510.13998, Sec. 3.1).
+
+    See :func:`rms_norm` for the formula and its precision.
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, device=None, dtype=None) -> None:
@@ -20,9 +30,7 @@ class SubLN(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

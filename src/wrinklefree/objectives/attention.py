@@ -10,6 +10,7 @@ KL(R_X^teacher || R_X^student) averaged over relation heads, query rows and the 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -182,10 +183,36 @@ class BlockAttentionDistillObjective(AttentionRelationDistillObjective):
         check_positive("block_size", block_size)
         self.block_size = int(block_size)
 
+    reads_noisy_view = True
+
     def query_rows(self, batch: Batch, valid: torch.Tensor) -> torch.Tensor:
         if "dlm_mask" in batch:
             return valid & batch["dlm_mask"]
         return valid
+
+    def forward(
+        self, model_outputs: Any, batch: Batch, teacher_outputs: Any = None
+    ) -> ObjectiveOutput:
+        if "dlm_mask" not in batch:
+            return super().forward(model_outputs, batch, teacher_outputs)
+        # DLM batch: the student's noisy views (2B rows, ``dlm_qkv``) against the teacher's
+        # clean window repeated for both complementary copies
+        copies = batch["dlm_mask"].shape[0] // batch["input_ids"].shape[0]
+        student = SimpleNamespace(qkv=getattr(model_outputs, "dlm_qkv", None) or {})
+        teacher = SimpleNamespace(qkv={
+            i: tuple(t.repeat(copies, 1, 1, 1) for t in x)
+            for i, x in (getattr(self._teacher(teacher_outputs), "qkv", None) or {}).items()
+        })
+        view = {k: _repeat_rows(v, batch["input_ids"].shape[0], copies) for k, v in batch.items()}
+        view["input_ids"], view["dlm_mask"] = batch["dlm_noisy_ids"], batch["dlm_mask"]
+        return super().forward(student, view, teacher)
+
+
+def _repeat_rows(value: Any, rows: int, copies: int) -> Any:
+    """A per-window (B, ...) tensor repeated for the noisy copies; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+        return value.repeat(copies, *([1] * (value.dim() - 1)))
+    return value
 
 
 def _captured_qkv(outputs: Any, layer: int, who: str) -> tuple[torch.Tensor, ...]:

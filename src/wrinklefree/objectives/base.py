@@ -67,6 +67,7 @@ class Objective:
     requires_hidden_states: ClassVar[bool] = False
     requires_attentions: ClassVar[bool] = False
     modifies_input: ClassVar[bool] = False
+    reads_noisy_view: ClassVar[bool] = False  # reads the DLM noisy views (``dlm_logits``)
 
     def requirements(self) -> Requirements:
         return Requirements(

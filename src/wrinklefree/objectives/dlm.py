@@ -2,11 +2,18 @@
 
 Fast-dLLM v2 (arXiv 2509.26328) adapts an autoregressive model into a block-diffusion LM by
 (1) *token shift*: the logits at position i-1 predict the masked token i, so the pretrained
-next-token head is reused as is, and (2) *complementary masks*: each sequence is used twice, with
-mask m and with 1 - m, so every maskable token is predicted exactly once per batch.
-With ``mask_prob=None`` the mask rate is drawn per sequence, t ~ U(eps, 1 - eps), and each masked
+next-token head is reused as is, (2) *complementary masks*: each window gets two noisy copies,
+with mask m and with 1 - m, so every maskable token is predicted exactly once per batch, and
+(3) the *block layout*: the clean window and its noisy copies go through one forward pass, the
+clean copy causally, each noisy block bidirectionally inside itself and onto the clean text of
+the previous blocks (:mod:`wrinklefree.objectives.block_diffusion`).
+With ``mask_prob=None`` the mask rate is drawn per window, t ~ U(eps, 1 - eps), and each masked
 token's loss is weighted by 1/t: the masked-diffusion ELBO of MDLM (arXiv 2406.07524,
 continuous-time NELBO) and LLaDA (arXiv 2502.09992, Eq. 3).
+
+The first token of every block is never masked: the decoder produces it autoregressively from
+the clean logits of the previous block (as Fast-dLLM v2's decoder does), which is what the
+clean view trains with the AR objectives.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from wrinklefree.objectives.base import (
     next_position_mask,
     zero_loss,
 )
+from wrinklefree.objectives.block_diffusion import default_positions
 
 MASK_TOKEN = "<|mask|>"
 
@@ -85,18 +93,26 @@ def check_mask_token(tokenizer: Any, mask_id: int, *, allow_vocab_token: bool = 
     )
 
 
-def maskable_positions(batch: Batch) -> torch.Tensor:
+def maskable_positions(batch: Batch, block_size: int | None = None) -> torch.Tensor:
     """(B, L) bool: tokens that may be masked.
 
     Never the first position of the window or of a packed document (``position_ids == 0``: the
     logits before it belong to another document, so token shift has nothing to predict it from),
-    never ignored labels (-100) and never padding (``attention_mask == 0``).
+    with ``block_size`` never the first token of a block (``position_ids % block_size == 0``: the
+    decoder predicts it autoregressively), never ignored labels (-100) and never padding
+    (``attention_mask == 0``).
     """
     labels = batch["labels"]
     ok = labels != IGNORE_INDEX
     ok[:, 0] = False
-    if batch.get("position_ids") is not None:
-        ok &= batch["position_ids"] != 0
+    positions = batch.get("position_ids")
+    if positions is None and block_size is not None:
+        positions = default_positions(labels)
+    if positions is not None:
+        positions = positions.expand_as(labels)
+        ok &= positions != 0
+        if block_size is not None:
+            ok &= positions % block_size != 0
     if batch.get("attention_mask") is not None:
         ok &= batch["attention_mask"].bool()
     return ok
@@ -108,25 +124,6 @@ def complementary_masks(maskable: torch.Tensor, rate: torch.Tensor) -> torch.Ten
     u = torch.rand(maskable.shape, device=maskable.device)  # (B, L)
     first = (u < rate[:, None]) & maskable
     return torch.cat([first, ~first & maskable])
-
-
-def double_batch(batch: Batch) -> Batch:
-    """Concatenate every per-sample tensor with itself along the batch dimension."""
-    size = batch["input_ids"].shape[0]
-    out: Batch = {}
-    for key, value in batch.items():
-        if not isinstance(value, torch.Tensor) or value.dim() == 0:
-            out[key] = value
-        elif value.shape[0] == size:
-            out[key] = torch.cat([value, value])
-        elif value.shape[0] == 1:  # broadcast over the batch (e.g. shared position_ids)
-            out[key] = value
-        else:
-            raise ValueError(
-                f"batch['{key}'] has leading dimension {value.shape[0]}, not the batch size "
-                f"{size}: DLM cannot double it consistently"
-            )
-    return out
 
 
 def dlm_loss(
@@ -160,32 +157,37 @@ def dlm_loss(
 
 
 class DLMObjective(Objective):
-    """Masked-diffusion loss with token shift and complementary masks (Fast-dLLM v2).
+    """Masked-diffusion loss with token shift, complementary masks and the block layout
+    (Fast-dLLM v2).
 
-    ``preprocess_batch`` doubles every batch tensor (labels, position ids, attention mask...),
-    keeps the unmasked tokens as ``original_input_ids`` (the teacher and other objectives use
-    them), replaces masked tokens in ``input_ids`` by the mask token and adds ``dlm_mask`` (True
-    where masked) and ``dlm_rate`` (the per-row mask rate). Rows b and b + B hold the same
-    sequence with complementary masks.
+    ``preprocess_batch`` leaves the clean window in ``input_ids`` (the AR objectives and the
+    teacher read it) and adds the two noisy copies: ``dlm_noisy_ids`` (2B, L) with the mask
+    token where ``dlm_mask`` (2B, L) is True, ``dlm_rate`` (2B,) the per-copy mask rate and
+    ``dlm_block_size``. Rows b and b + B of the noisy tensors are window b with complementary
+    masks. :func:`~wrinklefree.objectives.run_model` then runs [clean | noisy_1 | noisy_2] in
+    one forward with the block layout; the noisy views' logits come back as ``dlm_logits``.
 
     Args:
         mask_token_id: id of the dedicated mask token (see :func:`add_mask_token`); with
             ``create_objective_manager(..., tokenizer=tok)`` it may be left None and is looked up.
         mask_prob: fixed mask rate p (the complement copy gets 1 - p) and a plain mean over
-            masked tokens; None draws t ~ U(eps, 1 - eps) per sequence with 1/t weighting.
-        eps: keeps t and 1 - t away from 0 so the 1/t weights stay ≤ 1/eps.
+            masked tokens; None draws t ~ U(eps, 1 - eps) per window with 1/t weighting.
+        eps: keeps t and 1 - t away from 0 so the 1/t weights stay <= 1/eps.
+        block_size: tokens per diffusion block (Fast-dLLM v2 uses 32); decode with the same.
         tokenizer: when given, ``mask_token_id`` is checked (:func:`check_mask_token`).
         allow_vocab_mask_token: accept an ordinary vocabulary token as the mask (not checked).
     """
 
     name = "dlm"
     modifies_input = True
+    reads_noisy_view = True
 
     def __init__(
         self,
         mask_token_id: int | None = None,
         mask_prob: float | None = None,
         eps: float = 1e-3,
+        block_size: int = 32,
         tokenizer: Any = None,
         allow_vocab_mask_token: bool = False,
     ) -> None:
@@ -208,9 +210,14 @@ class DLMObjective(Objective):
             raise ValueError(f"mask_prob must be in (0, 1) or null, got {mask_prob}")
         if not 0.0 < eps < 0.5:
             raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+        if block_size < 2:
+            raise ValueError(
+                f"block_size must be >= 2 (its first token is never masked), got {block_size}"
+            )
         self.mask_token_id = int(mask_token_id)
         self.mask_prob = mask_prob
         self.eps = float(eps)
+        self.block_size = int(block_size)
 
     def preprocess_batch(self, batch: Batch) -> Batch:
         input_ids = batch["input_ids"]  # (B, L)
@@ -226,12 +233,12 @@ class DLMObjective(Objective):
             rate = self.eps + (1 - 2 * self.eps) * torch.rand(size, device=input_ids.device)
         else:
             rate = torch.full((size,), self.mask_prob, device=input_ids.device)
-        mask = complementary_masks(maskable_positions(batch), rate)  # (2B, L)
-        out = double_batch(batch)
-        out["original_input_ids"] = out["input_ids"]
-        out["input_ids"] = out["input_ids"].masked_fill(mask, self.mask_token_id)
+        mask = complementary_masks(maskable_positions(batch, self.block_size), rate)  # (2B, L)
+        out = dict(batch)
+        out["dlm_noisy_ids"] = input_ids.repeat(2, 1).masked_fill(mask, self.mask_token_id)
         out["dlm_mask"] = mask
-        out["dlm_rate"] = torch.cat([rate, 1 - rate])
+        out["dlm_rate"] = torch.cat([rate, 1 - rate])  # (2B,)
+        out["dlm_block_size"] = self.block_size
         return out
 
     def forward(
@@ -241,18 +248,30 @@ class DLMObjective(Objective):
             raise ValueError(
                 "batch has no 'dlm_mask': run manager.preprocess_batch(batch) before the model"
             )
-        logits = model_outputs.logits  # (2B, L, V)
+        logits = noisy_logits(model_outputs)  # (2B, L, V)
         if self.mask_token_id >= logits.shape[-1]:
             raise ValueError(
                 f"mask_token_id {self.mask_token_id} is outside the model's {logits.shape[-1]} "
                 "logits: call add_mask_token(tokenizer, model) to resize the embeddings"
             )
         mask = batch["dlm_mask"]
+        targets = batch["input_ids"].repeat(2, 1)  # (2B, L) the clean tokens of both copies
         rate = None if self.mask_prob is not None else batch["dlm_rate"]
-        loss, ce, accuracy = dlm_loss(logits, batch["original_input_ids"], mask, rate)
+        loss, ce, accuracy = dlm_loss(logits, targets, mask, rate)
         metrics = {
             "ce": ce,
             "accuracy": accuracy,
             "masked_tokens": mask.sum().float(),
         }
         return ObjectiveOutput(loss, metrics)
+
+
+def noisy_logits(model_outputs: Any) -> torch.Tensor:
+    """The noisy views' logits (2B, L, V) of a block-diffusion forward; a clear error otherwise."""
+    logits = getattr(model_outputs, "dlm_logits", None)
+    if logits is None:
+        raise ValueError(
+            "the model outputs have no 'dlm_logits' (noisy views): call the model through "
+            "run_model(model, batch, manager.requirements()) on the preprocessed DLM batch"
+        )
+    return logits

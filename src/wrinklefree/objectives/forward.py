@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from wrinklefree.objectives.base import Batch, Requirements
+from wrinklefree.objectives.block_diffusion import block_diffusion_forward
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -29,6 +30,14 @@ def _head_dim(model: nn.Module) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+DLM_KEYS = ("dlm_noisy_ids", "dlm_mask", "dlm_rate", "dlm_block_size")
+
+
+def clean_view(batch: Batch) -> Batch:
+    """The batch without the DLM noisy views: what the teacher and a plain forward see."""
+    return {k: v for k, v in batch.items() if k not in DLM_KEYS}
+
+
 def run_model(
     model: nn.Module, batch: Batch, requirements: Requirements, *, teacher: bool = False
 ) -> Any:
@@ -41,16 +50,16 @@ def run_model(
     ``layers[i].self_attn.{q,k,v}_proj`` are captured with forward hooks and attached as
     ``out.qkv = {i: (q, k, v)}``, each (B, heads, L, head_dim) before RoPE.
 
-    ``teacher=True`` feeds ``original_input_ids`` (the unmasked tokens) when the batch has them.
-    A DLM batch holds each sequence twice (complementary masks), so the teacher runs on the
-    first half only and its outputs are repeated: same result, half the cost.
+    A DLM batch (``dlm_noisy_ids``, from ``DLMObjective.preprocess_batch``) runs the clean window
+    and its two noisy copies in one forward with the block-diffusion layout
+    (:func:`~wrinklefree.objectives.block_diffusion.block_diffusion_forward`): ``out.logits``,
+    ``hidden_states``, ``attentions`` and ``qkv`` are the clean (causal) view, (B, L, ...), so
+    the AR objectives never see masked input; ``out.dlm_logits`` (2B, L, V) and
+    ``out.dlm_qkv`` (2B, heads, L, d) are the noisy views. ``teacher=True`` runs the clean
+    window only (a plain causal forward).
     """
-    if teacher and "original_input_ids" in batch:
-        half = batch["original_input_ids"].shape[0] // 2
-        single = {k: _first_rows(v, half) for k, v in batch.items()}
-        single["input_ids"] = single.pop("original_input_ids")
-        single.pop("dlm_mask", None)
-        return _repeat_outputs(run_model(model, single, requirements), 2)
+    if teacher:
+        batch = clean_view(batch)
     if requirements.attentions and model.config._attn_implementation != "eager":
         model.set_attn_implementation("eager")
     captured: dict[int, dict[str, torch.Tensor]] = {}
@@ -67,26 +76,47 @@ def run_model(
                     "distillation needs separate q/k/v projections"
                 )
             handles.append(projection.register_forward_hook(_store(captured[index], name)))
+    options = {
+        "output_hidden_states": requirements.hidden_states,
+        "output_attentions": requirements.attentions,
+    }
     try:
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
-            position_ids=batch.get("position_ids"),
-            use_cache=False,
-            output_hidden_states=requirements.hidden_states,
-            output_attentions=requirements.attentions,
-        )
+        if "dlm_noisy_ids" in batch:
+            out = block_diffusion_forward(
+                model, batch["input_ids"], batch["dlm_noisy_ids"], batch["dlm_block_size"],
+                position_ids=batch.get("position_ids"),
+                attention_mask=batch.get("attention_mask"), **options,
+            )
+        else:
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"),
+                use_cache=False,
+                **options,
+            )
     finally:
         for handle in handles:
             handle.remove()
     if requirements.attentions and not out.attentions:
         raise RuntimeError(f"{type(model).__name__} returned no attentions in eager mode")
     head_dim = _head_dim(model)
-    out.qkv = {
+    qkv = {
         index: tuple(_split_heads(found[name], head_dim) for name in ("q", "k", "v"))
         for index, found in captured.items()
     }
+    length = getattr(out, "view_length", None)
+    if length is None:
+        out.qkv = qkv
+    else:  # [clean | noisy_1 | noisy_2] along the sequence -> clean view, noisy views
+        out.qkv = {i: tuple(t[:, :, :length] for t in x) for i, x in qkv.items()}
+        out.dlm_qkv = {i: tuple(_noisy_rows(t, length) for t in x) for i, x in qkv.items()}
     return out
+
+
+def _noisy_rows(x: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, H, (1+c)L, d) -> (c·B, H, L, d): the noisy views stacked along the batch."""
+    return torch.cat(x[:, :, length:].split(length, dim=2))
 
 
 def _store(into: dict[str, torch.Tensor], name: str):
@@ -100,24 +130,3 @@ def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     """(B, L, heads·d) -> (B, heads, L, d)."""
     batch, length, width = x.shape
     return x.view(batch, length, width // head_dim, head_dim).transpose(1, 2)
-
-
-def _first_rows(value: Any, rows: int) -> Any:
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 2 * rows:
-        return value[:rows]
-    return value
-
-
-def _repeat_outputs(out: Any, times: int) -> Any:
-    """Concatenate every batch-major output ``times`` times along the batch dimension."""
-
-    def rep(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x] * times)
-
-    out.logits = rep(out.logits)
-    if out.get("hidden_states") is not None:
-        out.hidden_states = tuple(rep(h) for h in out.hidden_states)
-    if out.get("attentions") is not None:
-        out.attentions = tuple(rep(a) for a in out.attentions)
-    out.qkv = {i: tuple(rep(t) for t in qkv) for i, qkv in out.qkv.items()}
-    return out

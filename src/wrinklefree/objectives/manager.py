@@ -1,9 +1,12 @@
 """Combine objectives with weights (fixed or from a curriculum) into one loss.
 
-The rule that matters: an objective whose weight is 0 at the current step is not run at all,
-neither its loss nor its batch preprocessing. (The system this replaces masked and doubled the
-batch for DLM during a CE-only warm-up, so CE trained on masked input and read 20-41 instead of
-2-5.)
+The rules that matter: an objective whose weight is 0 at the current step is not run at all,
+neither its loss nor its batch preprocessing; and the AR objectives (CE, logits KD, attention
+relations, layerwise) always read the clean window, whatever the weights. (The system this
+replaces masked and doubled the batch for DLM during a CE-only warm-up and in every ramp, so CE
+trained on masked input and read 20-41 instead of 2-5.) DLM keeps the clean window in
+``input_ids`` and puts its noisy copies beside it (``dlm_noisy_ids``); :meth:`forward` checks
+that an AR objective is never handed a masked or doubled input.
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ class ObjectiveManager:
                 f"no objective has weight > 0 at step {self.step_count} (weights {weights}); "
                 "check the objective weights and curriculum phases"
             )
+        if any(not self.objectives[name].reads_noisy_view for name in active):
+            self._check_clean_view(model_outputs, batch)
         outputs: dict[str, ObjectiveOutput] = {}
         total = None
         for name, weight in active.items():
@@ -144,6 +149,38 @@ class ObjectiveManager:
         return self._last
 
     __call__ = forward
+
+    def _mask_token_ids(self) -> set[int]:
+        return {
+            int(obj.mask_token_id)
+            for obj in self.objectives.values()
+            if getattr(obj, "mask_token_id", None) is not None
+        }
+
+    def _check_clean_view(self, model_outputs: Any, batch: Batch) -> None:
+        """Refuse to run an AR objective on masked or doubled input (the seed system's defect).
+
+        ``input_ids`` must hold no mask token and the logits must be one row per window; both
+        hold by construction (run_model returns the clean view as ``logits``), this is the guard
+        that keeps it so whatever the weights and whoever builds the batch.
+        """
+        input_ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        if input_ids is None:
+            return
+        masked = [m for m in self._mask_token_ids() if bool((input_ids == m).any())]
+        if masked:
+            raise ValueError(
+                f"batch['input_ids'] contains the DLM mask token {masked[0]}: the AR objectives "
+                "(CE, KD, attention, layerwise) must read the clean window; keep the masked "
+                "copies in batch['dlm_noisy_ids'] (DLMObjective.preprocess_batch does)"
+            )
+        logits = getattr(model_outputs, "logits", None)
+        if logits is not None and tuple(logits.shape[:2]) != tuple(input_ids.shape):
+            raise ValueError(
+                f"model logits {tuple(logits.shape[:2])} do not match the clean window "
+                f"{tuple(input_ids.shape)}: call the model through run_model(model, batch, "
+                "manager.requirements()), which returns the clean view as .logits"
+            )
 
     def step(self) -> None:
         """Advance the curriculum by one optimizer step."""

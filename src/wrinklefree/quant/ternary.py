@@ -12,12 +12,17 @@ import torch
 EPS = 1e-5
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or in float64 when it already is (``x.float()`` would round it)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def absmean_scale(w: torch.Tensor, per_channel: bool = False, eps: float = EPS) -> torch.Tensor:
     """Weight scale gamma = mean(|W|) (BitNet b1.58, arXiv 2402.17764, Eq. 3).
 
     Per tensor returns a 0-d tensor; per output channel returns shape (out, 1).
     """
-    w = w.float()
+    w = at_least_float32(w)
     if per_channel:
         return w.abs().mean(dim=-1, keepdim=True).clamp(min=eps)  # (out, 1)
     return w.abs().mean().clamp(min=eps)  # ()
@@ -25,14 +30,14 @@ def absmean_scale(w: torch.Tensor, per_channel: bool = False, eps: float = EPS) 
 
 def ternary_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Integer codes RoundClip(W / gamma, -1, 1) in {-1, 0, 1} (BitNet b1.58, Eq. 1-2), as int8."""
-    return (w.float() / scale).round().clamp(-1, 1).to(torch.int8)
+    return (at_least_float32(w) / scale).round().clamp(-1, 1).to(torch.int8)
 
 
 def ternary_weight_quant(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     """Fake-quantized ternary weight gamma * RoundClip(W / gamma, -1, 1) (BitNet b1.58, Eq. 1-3)."""
     scale = absmean_scale(w, per_channel)
     # in place on the one temporary: every extra full-size allocation costs a pass (and page faults)
-    return (w.float() / scale).round_().clamp_(-1, 1).mul_(scale).to(w.dtype)
+    return (at_least_float32(w) / scale).round_().clamp_(-1, 1).mul_(scale).to(w.dtype)
 
 
 def absmax_activation_quant(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
@@ -42,7 +47,7 @@ def absmax_activation_quant(x: torch.Tensor, bits: int = 8, eps: float = EPS) ->
     clamped by ``eps`` so an all-zero token yields zeros, never NaN.
     """
     q_max = 2 ** (bits - 1) - 1
-    xf = x.float()
+    xf = at_least_float32(x)
     absmax = torch.linalg.vector_norm(xf, float("inf"), dim=-1, keepdim=True)  # (..., 1)
     scale = q_max / absmax.clamp(min=eps)  # (..., 1)
     return (xf * scale).round_().clamp_(-q_max - 1, q_max).div_(scale).to(x.dtype)

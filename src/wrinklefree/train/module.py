@@ -24,6 +24,21 @@ from wrinklefree.train.optim import ZClip, build_optimizer, lr_multiplier
 from wrinklefree.train.scale import shard_student
 
 
+def cuda_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The CUDA generator state of ``device`` (None off CUDA). DLM masks are drawn on the batch's
+    device, so a GPU resume is exact only with it. One device, not ``get_rng_state_all``: each
+    rank draws on its own GPU, and reading every GPU would open a context on each from each rank.
+    """
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def restore_cuda_rng_state(state: torch.Tensor | None, device: torch.device) -> None:
+    """Restore :func:`cuda_rng_state` on ``device``; a no-op for a CPU checkpoint or a CPU
+    resume (nothing draws from a CUDA generator there)."""
+    if state is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+
+
 class StreamBatches(IterableDataset):
     """Batches of ``batch_size`` windows from the stream (read with ``num_workers=0``)."""
 
@@ -154,6 +169,7 @@ class BitNetModule(L.LightningModule):
             "data": self.stream.state_dict(windows=self.windows_consumed),
             "zclip": None if self.zclip is None else self.zclip.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": cuda_rng_state(self.device),
             "remix_history": None if self.remixer is None else self.remixer.history,
         }
 
@@ -166,5 +182,6 @@ class BitNetModule(L.LightningModule):
         if self.zclip is not None and state["zclip"] is not None:
             self.zclip.load_state_dict(state["zclip"])
         torch.set_rng_state(state["torch_rng"])
+        restore_cuda_rng_state(state.get("cuda_rng"), self.device)
         if self.remixer is not None and state["remix_history"]:
             self.remixer.history = list(state["remix_history"])

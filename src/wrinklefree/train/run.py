@@ -6,6 +6,7 @@ Lightning Trainer -> checkpoints -> ``<run_dir>/final`` (a ``load_bitnet`` folde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,15 +20,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.data.config import as_data_config
-from wrinklefree.data.heldout import calibration_batches, heldout_windows
+from wrinklefree.data.heldout import calibration_batches, domain_windows
 from wrinklefree.data.influence import InfluenceRemixer, build_probe_batch
 from wrinklefree.data.mixture import build_train_stream, build_val_windows
 from wrinklefree.data.packing import collate
-from wrinklefree.eval.perplexity import perplexity
+from wrinklefree.data.sources import source_files
+from wrinklefree.eval.report import evaluate_model, format_report, ratios_to_teacher
 from wrinklefree.models import load_model, load_tokenizer
 from wrinklefree.objectives import add_mask_token, create_objective_manager
 from wrinklefree.quant import set_quant_lambda
 from wrinklefree.teacher import Teacher
+from wrinklefree.train.checkpoint import (
+    AtomicCheckpointIO,
+    RunLock,
+    latest_intact_checkpoint,
+    refuse_or_clear_existing_run,
+    remove_orphans,
+)
 from wrinklefree.train.config import scrub_secrets, validate
 from wrinklefree.train.module import BitNetModule, StreamBatches
 from wrinklefree.train.scale import gathered_student, is_sharded
@@ -48,7 +57,8 @@ def build_student(cfg: DictConfig, tokenizer) -> torch.nn.Module:
         batches = None
         if options.get("insert_subln", True) and m.calibration_batches > 0:
             batches = calibration_batches(tokenizer, m.calibration_batches)
-        convert_model_to_bitnet(student, calibration_batches=batches, **options)
+        convert_model_to_bitnet(student, calibration_batches=batches,
+                                calibrate=m.calibration_batches > 0, **options)
     elif options.get("lrc_rank") is not None and recorded.lrc_rank is None:
         # an already converted checkpoint (e.g. after stage 2) gets its low-rank corrections now
         from wrinklefree.nn.lrc import convert_bitlinear_to_lrc
@@ -99,11 +109,13 @@ def total_steps_of(cfg: DictConfig, world: int) -> int:
 
 
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from wrinklefree.train.metrics_log import MetricsCSVLogger
 
     # one CSV part per launch: a resumed run appends a part instead of overwriting the log
     part = f"part-{len(list((run_dir / 'logs').glob('part-*'))):02d}"
-    loggers: list = [CSVLogger(run_dir, name="logs", version=part, flush_logs_every_n_steps=1)]
+    loggers: list = [MetricsCSVLogger(run_dir, name="logs", version=part)]
     if cfg.logging.tensorboard:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     if cfg.logging.wandb:
@@ -136,11 +148,13 @@ def wandb_logger_or_none(project: str, run_dir: Path):
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to continue: for ``auto`` the newest one of run_dir that reads back whole
+    (a damaged ``last.ckpt`` falls back, with a warning, to the newest intact ``step-N.ckpt``)."""
     if not cfg.resume:
         return None
     if cfg.resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None  # a folder when saved sharded (fsdp)
+        found = latest_intact_checkpoint(run_dir / "checkpoints")
+        return None if found is None else str(found)
     path = Path(cfg.resume)
     if not path.exists():
         raise FileNotFoundError(f"resume checkpoint {path} does not exist (use resume=auto to "
@@ -156,10 +170,11 @@ def greedy_sample(model, tokenizer, prompt: str, new_tokens: int) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def _evaluate(model, tokenizer, cfg: DictConfig, windows: torch.Tensor) -> dict[str, Any]:
-    return {"perplexity": perplexity(model, windows),
-            "sample": greedy_sample(model, tokenizer, cfg.training.sample_prompt,
-                                    cfg.training.sample_tokens)}
+def _evaluate(model, tokenizer, cfg: DictConfig,
+              windows: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Perplexity per evaluation domain, greedy samples and their degeneration (eval/report.py)."""
+    return evaluate_model(model, tokenizer, windows, list(cfg.training.sample_prompts),
+                          cfg.training.sample_tokens)
 
 
 def train(config: DictConfig | dict) -> Path:
@@ -169,13 +184,24 @@ def train(config: DictConfig | dict) -> Path:
 
     cfg = validate(config)
     run_dir = Path(cfg.run_dir).expanduser()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    plain = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+    _check_data_sources(cfg)
+    _quiet_lightning()
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
     trainer = _build_trainer(cfg, run_dir)  # first: it knows this process's rank and the world
-    rank, world = trainer.global_rank, trainer.world_size
+    # rank 0 owns the folder (DDP children re-run this function and must not lock or clear it)
+    with RunLock(run_dir) if trainer.is_global_zero else contextlib.nullcontext():
+        if trainer.is_global_zero:
+            refuse_or_clear_existing_run(run_dir, cfg.resume, cfg.overwrite)
+            remove_orphans(run_dir / "checkpoints")
+            print(f"run folder: {run_dir}", flush=True)
+        trainer.loggers = _loggers(cfg, run_dir)  # after the clearing: the log part counts on
+        return _train_locked(cfg, run_dir, trainer)
 
+
+def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
+    """Build everything, then write config.yaml (a failed launch leaves the folder as it was),
+    then train and finish; runs while this process holds the run folder."""
+    rank, world = trainer.global_rank, trainer.world_size
     tokenizer = load_tokenizer(cfg.model.source)
     student = build_student(cfg, tokenizer)
     teacher = build_teacher(cfg, tokenizer)
@@ -193,11 +219,15 @@ def train(config: DictConfig | dict) -> Path:
         probe = build_probe_batch(tokenizer, data_cfg.seq_len, data_cfg.remix,
                                   skip=cfg.training.val_windows)
         remixer = InfluenceRemixer(stream, probe, data_cfg.remix)
+    resume = _resume_path(cfg, run_dir)
+    if trainer.is_global_zero:  # everything built: the launch is good, record its config
+        _write_config(cfg, run_dir)
 
     report: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps,
                               "world_size": world}
-    eval_windows = heldout_windows(tokenizer, data_cfg.seq_len, cfg.training.val_windows)
-    resume = _resume_path(cfg, run_dir)
+    # the same windows per domain (held-out ASV, general English) before and after training
+    eval_windows = domain_windows(tokenizer, data_cfg.seq_len,
+                                  cfg.training.eval_windows or cfg.training.val_windows)
     if cfg.training.eval_before and resume is None and rank == 0:
         if teacher is not None:
             report["teacher"] = _evaluate(teacher.model, tokenizer, cfg, eval_windows)
@@ -220,9 +250,12 @@ def train(config: DictConfig | dict) -> Path:
     val_loader = torch.utils.data.DataLoader(val, batch_size=cfg.training.batch_size,
                                              collate_fn=collate)
     student.train()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+    with warnings.catch_warnings():
+        # refused unless resuming or overwriting, so a non-empty checkpoints/ is expected here
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     if total_steps % cfg.training.checkpoint_every:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     if world > 1 and not is_sharded(student):  # replicas (ddp); fsdp ranks hold shards
         report["ddp_weight_checksums"] = _rank_checksums(trainer, student)
     student = gathered_student(student, trainer.strategy.root_device)  # fsdp: one whole copy
@@ -234,23 +267,70 @@ def train(config: DictConfig | dict) -> Path:
     return run_dir
 
 
-def _build_trainer(cfg: DictConfig, run_dir: Path):
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+def _check_data_sources(cfg: DictConfig) -> None:
+    """Fail on a bad data section or a missing local file now, before anything loads or is
+    written (the stream itself is built only after the model)."""
+    data_cfg = as_data_config(cfg.data)
+    data_cfg.validate()
+    for source in data_cfg.sources:
+        if source.path and not source.is_asv:
+            source_files(source)  # raises FileNotFoundError naming the source and path
 
+
+def _write_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``config.yaml``: the resolved config with secret-looking values scrubbed."""
+    plain = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising tips ("💡 Tip: ... litlogger"): noise in every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Silence Lightning's tips (once per process)."""
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropTips())
+
+
+def _progress_bar():
+    """Lightning's TQDM bar without ``v_num`` (the logger's version: "-00_", meaningless here)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class ProgressBar(TQDMProgressBar):
+        def get_metrics(self, trainer, pl_module) -> dict:
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+    return ProgressBar(refresh_rate=1)
+
+
+def _build_trainer(cfg: DictConfig, run_dir: Path):
+    """The Lightning Trainer; its loggers are attached by the caller once the folder is safe."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # no version counter: a name clash must overwrite, never leave last-v1.ckpt beside a stale
+    # last.ckpt that resume=auto would pick
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step-{step}", monitor="step", mode="max",
         save_top_k=cfg.training.keep_last, every_n_train_steps=cfg.training.checkpoint_every,
-        save_last=True, auto_insert_metric_name=False)
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list = [checkpoint]
     if cfg.logging.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        callbacks.append(_progress_bar())
     return L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes, strategy=_strategy(cfg), precision=cfg.trainer.precision,
         max_steps=-1, accumulate_grad_batches=cfg.training.grad_accum,
         val_check_interval=cfg.training.val_every, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, logger=_loggers(cfg, run_dir), callbacks=callbacks,
+        num_sanity_val_steps=0, logger=False, callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.logging.progress_bar, log_every_n_steps=1,
         default_root_dir=run_dir, use_distributed_sampler=False, enable_model_summary=False,
     )
@@ -265,7 +345,8 @@ def _rank_checksums(trainer, student) -> list[float]:
     return [float(x) for x in gathered.flatten().cpu()]
 
 
-def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig, eval_windows: torch.Tensor,
+def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
+            eval_windows: dict[str, torch.Tensor],
             report: dict[str, Any]) -> Path:
     """Save ``final/`` (loadable with load_bitnet), evaluate it, write report.json and the plot."""
     set_quant_lambda(student, cfg.training.quant_lambda.end)
@@ -275,6 +356,9 @@ def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig, eval_windows: to
     if cfg.training.max_steps != 0:
         report["trained"] = _evaluate(student, tokenizer, cfg, eval_windows)
         _print_row("trained student", report["trained"])
+    report["ratio_to_teacher"] = ratios_to_teacher(report)  # None: the teacher was not evaluated
+    print(format_report(report), flush=True)
+    if cfg.training.max_steps != 0:
         try:
             from wrinklefree.train.plot import plot_run
 
@@ -310,5 +394,6 @@ def _strategy(cfg: DictConfig):
 
 
 def _print_row(label: str, result: dict[str, Any]) -> None:
-    print(f"{label:<34} perplexity {result['perplexity']:>12.2f} | {result['sample']!r}",
+    ppl = "  ".join(f"{d} ppl {v:.4g}" for d, v in result["domains"].items())
+    print(f"{label:<34} {ppl} | {result.get('sample', '')!r}",
           flush=True)

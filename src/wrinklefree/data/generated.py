@@ -1,0 +1,150 @@
+"""Training documents sampled from the full-precision model itself (``kind: teacher_samples``).
+
+Data-free QAT (LLM-QAT, Liu et al. 2023, arXiv 2305.17888, Sec. 2.1): a quantized student is
+distilled best on text its teacher *generates*, because that text covers what the teacher knows,
+not the style of whatever corpus is at hand (training on the ASV alone teaches Bible English and
+forgets the rest). Each document starts from one token, drawn uniformly from a range of ids (as
+LLM-QAT does) or the tokenizer's BOS, and continues by nucleus sampling (``top_p``,
+``temperature``) for up to ``max_new_tokens`` tokens or until the model draws EOS.
+
+The documents become a token source like any other: :class:`~wrinklefree.data.cache.TokenStore`
+calls :meth:`TeacherSampler.documents` instead of the tokenizer and writes the same ``.npy``
+shards, keyed by the model, every sampling setting and the count, so a rerun reuses them; the
+mixture weights mix them with real text. Generation is batched with a KV cache
+(``model.generate``); each batch is seeded from ``(seed, index of its first document)``, so the
+samples are reproducible and a half-built cache resumes with exactly the documents it would
+have had, and the training process's RNG is left untouched.
+
+Speed, measured (SmolLM2-135M fp32, 2 shared CPU cores): see docs/data.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wrinklefree.data.config import SamplingConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_identity(src: str) -> dict:
+    """What the sampled tokens depend on besides the settings: the model's files (path, size,
+    mtime), or its name when it is a hub id."""
+    if src == "smollm2":
+        from wrinklefree import assets
+
+        files = [assets.smollm2_gguf_path()]
+    else:
+        path = Path(src).expanduser()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files = [p for p in files if p.is_file()]
+    return {"name": src,
+            "files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def sampling_identity(sampling: SamplingConfig) -> dict:
+    """The cache-key part of a teacher-samples source: the model and every setting but the
+    device (where it runs does not change what is asked for)."""
+    settings = dataclasses.asdict(sampling)
+    settings.pop("device")
+    return {"model": model_identity(sampling.model), "settings": settings}
+
+
+def batch_seed(seed: int, first_doc: int) -> int:
+    """The torch seed of the batch whose first document is number ``first_doc``."""
+    return int(np.random.SeedSequence([seed, first_doc]).generate_state(1)[0])
+
+
+class TeacherSampler:
+    """Samples documents from ``sampling.model`` and returns them as ids of ``tokenizer`` (the
+    student's): the model's own ids when the two tokenizers are the same, else decoded and
+    re-tokenised. The model is loaded on first use and dropped by :meth:`release`."""
+
+    def __init__(self, sampling: SamplingConfig, tokenizer):
+        self.cfg, self.tokenizer = sampling, tokenizer
+        self.model, self.model_tokenizer, self.same_tokenizer = None, None, True
+        self.tokens_per_s: float | None = None  # of the last batch
+
+    def _load(self) -> None:
+        from wrinklefree.data.cache import tokenizer_fingerprint
+        from wrinklefree.models import load_model, load_tokenizer
+
+        device = self.cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(self.cfg.model, dtype=DTYPES[self.cfg.dtype]).to(device).eval()
+        self.model_tokenizer = load_tokenizer(self.cfg.model)
+        mine, theirs = tokenizer_fingerprint(self.tokenizer), tokenizer_fingerprint(
+            self.model_tokenizer)
+        self.same_tokenizer = (mine["hash"], mine["size"]) == (theirs["hash"], theirs["size"])
+
+    def release(self) -> None:
+        """Free the model (the cache holds everything it produced)."""
+        self.model = None
+
+    def documents(self, start: int, count: int, bar=None) -> list[list[int]]:
+        """Documents ``[start, start + count)`` (clipped to ``num_docs``) as lists of ids,
+        without EOS; ``bar`` (a tqdm) advances per batch and shows tokens/s."""
+        count = max(0, min(count, self.cfg.num_docs - start))
+        docs: list[list[int]] = []
+        for first in range(start, start + count, self.cfg.batch_size):
+            batch = self.sample_batch(first, min(self.cfg.batch_size, start + count - first))
+            docs.extend(batch)
+            if bar is not None:
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{self.tokens_per_s:.0f}")
+        return docs
+
+    @torch.no_grad()
+    def sample_batch(self, first_doc: int, n: int) -> list[list[int]]:
+        """``n`` documents, seeded by ``(seed, first_doc)``."""
+        if self.model is None:
+            self._load()
+        cfg, eos = self.cfg, self.model_tokenizer.eos_token_id
+        device = next(self.model.parameters()).device
+        started = time.perf_counter()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(batch_seed(cfg.seed, first_doc))
+            prompt = self._first_tokens(n).to(device)
+            out = self.model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                max_new_tokens=cfg.max_new_tokens, eos_token_id=eos,
+                pad_token_id=eos if eos is not None else 0)
+        skip = 1 if cfg.first_token == "bos" else 0  # BOS is not document text
+        docs = [_until_eos(row[skip:].tolist(), eos) for row in out.cpu()]
+        self.tokens_per_s = sum(map(len, docs)) / max(time.perf_counter() - started, 1e-9)
+        if not self.same_tokenizer:
+            texts = self.model_tokenizer.batch_decode(docs, skip_special_tokens=True)
+            docs = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return docs  # one per sequence, even empty (EOS drawn first): the count is the key
+
+    def _first_tokens(self, n: int) -> torch.Tensor:
+        """(n, 1) first tokens: the BOS, or uniform over the id range minus special tokens."""
+        tok = self.model_tokenizer
+        if self.cfg.first_token == "bos":
+            if tok.bos_token_id is None:
+                raise ValueError(f"sampling.first_token=bos but {self.cfg.model}'s tokenizer has "
+                                 "no BOS token; use first_token: random")
+            return torch.full((n, 1), tok.bos_token_id, dtype=torch.long)
+        vocab = self.model.get_input_embeddings().num_embeddings
+        lo, hi = self.cfg.first_token_range or (0, min(len(tok), vocab))
+        if hi > vocab:
+            raise ValueError(f"sampling.first_token_range=[{lo}, {hi}) exceeds the model's "
+                             f"{vocab} embeddings; use hi <= {vocab}")
+        special = set(tok.all_special_ids)
+        candidates = torch.tensor([i for i in range(lo, hi) if i not in special])
+        if candidates.numel() == 0:
+            raise ValueError(f"sampling.first_token_range=[{lo}, {hi}) holds only special "
+                             "tokens; widen it")
+        return candidates[torch.randint(len(candidates), (n,))].view(n, 1)
+
+
+def _until_eos(ids: list[int], eos: int | None) -> list[int]:
+    """The ids before the first EOS (generate pads finished rows with EOS)."""
+    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids

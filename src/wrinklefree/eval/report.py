@@ -1,0 +1,103 @@
+"""The before / after report of a training run: perplexity per domain, ratios to the teacher,
+greedy samples and how degenerate they are, as one dict per model and one printed table.
+
+``wf train`` evaluates the teacher and the converted student before training and the trained
+student after (``train/run.py``), on the same fixed windows per domain (``asv``: held-out ASV,
+``english``: general news English never trained on; ``data.heldout.domain_windows``). The ratio
+student / teacher per domain is the number that says how much of the teacher a student kept;
+ASV alone rewards learning the Bible's style.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from wrinklefree.eval.degeneration import degeneration
+from wrinklefree.eval.perplexity import perplexity
+
+ROWS = ("teacher", "converted", "trained")
+NO_TEACHER = ("teacher not evaluated (training.eval_before=false, model.teacher=null or a resumed "
+              "run): no ratios to the teacher")
+
+
+@torch.no_grad()
+def greedy_ids(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
+    """The ids of a greedy continuation of ``prompt`` (prompt excluded), at most ``new_tokens``."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.eos_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def evaluate_model(model, tokenizer, windows: dict[str, torch.Tensor], prompts: list[str],
+                   new_tokens: int) -> dict[str, Any]:
+    """Perplexity on every domain's windows and greedy samples with their degeneration.
+
+    ``perplexity`` stays the ASV number (what reports before two domains held), ``domains`` has
+    all of them; ``sample`` is the first prompt's continuation.
+    """
+    domains = {name: perplexity(model, w) for name, w in windows.items()}
+    samples = []
+    for prompt in prompts:
+        ids = greedy_ids(model, tokenizer, prompt, new_tokens)
+        samples.append({"prompt": prompt, "text": tokenizer.decode(ids, skip_special_tokens=True),
+                        **degeneration([ids])})
+    result: dict[str, Any] = {"perplexity": domains.get("asv", next(iter(domains.values()))),
+                              "domains": domains, "samples": samples}
+    if samples:
+        result["rep4"] = sum(s["rep4"] for s in samples) / len(samples)
+        result["distinct2"] = sum(s["distinct2"] for s in samples) / len(samples)
+        result["sample"] = samples[0]["text"]
+    return result
+
+
+def ratios_to_teacher(report: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+    """``{row: {domain: ppl / teacher ppl}}`` for the student rows, or None without a teacher."""
+    teacher = report.get("teacher", {}).get("domains")
+    if not teacher:
+        return None
+    return {row: {d: report[row]["domains"][d] / teacher[d] for d in teacher
+                  if d in report[row].get("domains", {})}
+            for row in ROWS[1:] if row in report}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A compact table (teacher / converted / trained x ppl per domain, ratios, rep-4,
+    distinct-2), then the samples: what ``wf train`` prints at the end."""
+    rows = [r for r in ROWS if r in report and "domains" in report[r]]
+    if not rows:
+        return "no evaluation ran (training.eval_before=false and no training steps)"
+    domains = list(report[rows[0]]["domains"])
+    ratios = ratios_to_teacher(report) or {}
+    header = ["model", *[f"{d} ppl" for d in domains], *[f"{d} /teacher" for d in domains],
+              "rep-4", "distinct-2"]
+    table = [header]
+    for row in rows:
+        r = report[row]
+        ratio = dict.fromkeys(domains, 1.0) if row == "teacher" else ratios.get(row, {})
+        table.append([row, *[_num(r["domains"].get(d)) for d in domains],
+                      *[_num(ratio.get(d)) for d in domains],
+                      _num(r.get("rep4"), 2), _num(r.get("distinct2"), 2)])
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                       for i, (v, w) in enumerate(zip(line, widths, strict=True)))
+             for line in table]
+    lines.insert(1, "-" * len(lines[0]))
+    if "teacher" not in report:
+        lines.append(NO_TEACHER)
+    lines.append("greedy samples:")
+    for row in rows:
+        for s in report[row].get("samples", []):
+            lines.append(f"  {row:<9} {s['prompt']!r} -> {s['text']!r}")
+    return "\n".join(lines)
+
+
+def _num(value: float | None, decimals: int | None = None) -> str:
+    """A table cell: '-' for missing, fixed decimals, or 4 significant digits (1.2e+07)."""
+    if value is None:
+        return "-"
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
+    return f"{value:.4g}" if abs(value) >= 1e5 else f"{value:.2f}"

@@ -1,0 +1,162 @@
+"""Run exported GGUF files where users run them: llama.cpp through llama-cpp-python.
+
+``wf generate x.gguf``, ``wf chat x.gguf`` and ``wf serve x.gguf`` call into this module. The
+binding is optional (``requirements-llamacpp.txt``, built from source); every entry point raises
+:class:`~wrinklefree.errors.UserInputError` with the install command when it is missing.
+
+Sampling follows ``wf generate``'s PyTorch decoder (``wrinklefree.generate.next_token``): greedy
+at temperature 0, else softmax(logits / T) restricted to the top-p nucleus. llama.cpp's extra
+samplers are switched off (top_k = 0, min_p = 0, no repeat penalty) so the same flags mean the
+same distribution.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wrinklefree.errors import UserInputError
+
+INSTALL_HINT = (
+    "llama.cpp is not installed: run `WF_WITH_LLAMACPP=1 ./scripts/install.sh` (builds "
+    "llama-cpp-python from source, ~10 minutes) or `.venv/bin/pip install -r "
+    "requirements-llamacpp.txt`"
+)
+SERVER_HINT = (
+    "the llama-cpp-python server extras (fastapi, uvicorn, sse-starlette, starlette-context, "
+    "pydantic-settings) are not installed: run `.venv/bin/pip install -r "
+    "requirements-llamacpp.txt`"
+)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """wf's sampling flags; :meth:`kwargs` maps them onto llama-cpp-python's arguments."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserInputError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise UserInputError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserInputError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+    def kwargs(self) -> dict[str, Any]:
+        # top_k = 0 and min_p = 0 disable those samplers: only temperature and top-p remain
+        return {"max_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0,
+                "seed": self.seed}
+
+
+def is_gguf(src: str | Path) -> bool:
+    """A path to a .gguf file (what llama.cpp runs); names like 'smollm2' are not."""
+    return str(src).endswith(".gguf") and Path(src).is_file()
+
+
+def available() -> bool:
+    """Whether llama-cpp-python is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def load(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+         seed: int | None = None):
+    """A ``llama_cpp.Llama`` for the GGUF at ``path`` (quiet; raises with the install hint)."""
+    if not available():
+        raise UserInputError(INSTALL_HINT)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file; export one with `wf export`")
+    from llama_cpp import Llama
+
+    kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": n_ctx, "verbose": False}
+    if n_threads is not None:
+        kwargs |= {"n_threads": n_threads, "n_threads_batch": n_threads}
+    if seed is not None:
+        kwargs["seed"] = seed
+    return Llama(**kwargs)
+
+
+def generate(llm, prompt: str, sampling: Sampling) -> Iterator[str]:
+    """Stream the continuation of ``prompt`` as text pieces (llama.cpp adds BOS as configured)."""
+    if not prompt:
+        raise UserInputError("the prompt is empty; give at least one token")
+    for chunk in llm.create_completion(prompt, stream=True, **sampling.kwargs()):
+        piece = chunk["choices"][0]["text"]
+        if piece:
+            yield piece
+
+
+def chat_template(llm) -> str | None:
+    """The chat template stored in the GGUF (``tokenizer.chat_template``), if any."""
+    return llm.metadata.get("tokenizer.chat_template")
+
+
+def chat_reply(llm, messages: list[dict[str, str]], sampling: Sampling) -> Iterator[str]:
+    """Stream the assistant's reply to ``messages`` with the GGUF's own chat template."""
+    if chat_template(llm) is None:
+        raise UserInputError("this GGUF has no chat template (tokenizer.chat_template); it is "
+                             "not an instruct model: use `wf generate` instead of `wf chat`")
+    stream = llm.create_chat_completion(messages=messages, stream=True, **sampling.kwargs())
+    for chunk in stream:
+        piece = chunk["choices"][0]["delta"].get("content")
+        if piece:
+            yield piece
+
+
+# ----------------------------------------------------------------------------- server
+
+
+def check_loopback(host: str) -> str:
+    """``host`` when it is a loopback address (127.0.0.0/8, ::1, localhost), else refuse: the
+    server has no authentication, so it listens on this machine only."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise UserInputError(
+            f"--host {host}: wf serve listens on loopback addresses only (127.0.0.1, ::1, "
+            "localhost); it has no authentication. Put a reverse proxy in front to expose it."
+        )
+    return host
+
+
+def server_app(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+               alias: str | None = None):
+    """The OpenAI-compatible FastAPI app of llama-cpp-python's server for one GGUF
+    (``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``, streaming via SSE)."""
+    if not available():
+        raise UserInputError(INSTALL_HINT)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file; export one with `wf export`")
+    try:
+        from llama_cpp.server.app import create_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError as err:
+        raise UserInputError(f"{SERVER_HINT} ({err})") from err
+    model: dict[str, Any] = {"model": str(path), "model_alias": alias or Path(path).stem,
+                             "n_ctx": n_ctx, "verbose": False}
+    if n_threads is not None:
+        model |= {"n_threads": n_threads, "n_threads_batch": n_threads}
+    return create_app(server_settings=ServerSettings(), model_settings=[ModelSettings(**model)])
+
+
+def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, n_ctx: int = 2048,
+          n_threads: int | None = None) -> None:
+    """Serve one GGUF over HTTP on ``host:port`` (loopback only) until interrupted."""
+    check_loopback(host)
+    if not 0 < port < 65536:
+        raise UserInputError(f"--port must be in 1..65535, got {port}")
+    app = server_app(path, n_ctx=n_ctx, n_threads=n_threads)
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")

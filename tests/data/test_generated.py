@@ -1,0 +1,107 @@
+"""The teacher-samples source (LLM-QAT data-free QAT): cached, reproducible, mixable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from wrinklefree.data.cache import TokenStore
+from wrinklefree.data.config import DataConfig, SourceConfig, as_data_config
+from wrinklefree.data.generated import TeacherSampler
+from wrinklefree.data.mixture import build_train_stream
+
+SAMPLING = {"num_docs": 5, "max_new_tokens": 6, "batch_size": 2, "seed": 3,
+            "first_token_range": [1, 100]}
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory, tokenizer):
+    """A tiny random Llama over the data tests' 300-token BPE vocabulary, saved with it."""
+    folder = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=64, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _source(folder, **extra) -> SourceConfig:
+    return SourceConfig(name="teacher", kind="teacher_samples",
+                        sampling={"model": str(folder), **SAMPLING, **extra})
+
+
+def _tokens(store: TokenStore) -> np.ndarray:
+    store.prepare()
+    return store.read(0, store.num_tokens)
+
+
+def test_samples_are_cached_and_reload_identically(teacher_folder, tokenizer, tmp_path):
+    source = _source(teacher_folder)
+    store = TokenStore(source, tokenizer, tmp_path, shard_docs=4)
+    first = _tokens(store)
+    eos = tokenizer.eos_token_id
+    assert int((first == eos).sum()) == 5  # num_docs documents, one EOS each
+    assert store.num_shards == 2  # 4 + 1 documents
+    assert json.loads((store.dir / "end.json").read_text())["num_docs"] == 5
+    assert store.sampler.model is None  # released once the cache is complete
+    # a second store finds the shards and never loads the model
+    again = TokenStore(source, tokenizer, tmp_path, shard_docs=4)
+    again.sampler.sample_batch = None  # would raise if called
+    assert np.array_equal(_tokens(again), first)
+
+
+def test_deterministic_given_seed_and_keyed_by_settings(teacher_folder, tokenizer, tmp_path):
+    a = _tokens(TokenStore(_source(teacher_folder), tokenizer, tmp_path / "a", 4))
+    b = _tokens(TokenStore(_source(teacher_folder), tokenizer, tmp_path / "b", 4))
+    assert np.array_equal(a, b)  # same seed, fresh cache: the same documents
+    other = TokenStore(_source(teacher_folder, seed=4), tokenizer, tmp_path / "a", 4)
+    assert other.key != TokenStore(_source(teacher_folder), tokenizer, tmp_path / "a", 4).key
+    assert not np.array_equal(_tokens(other), a)
+    # the training process's RNG is left alone
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    TeacherSampler(_source(teacher_folder).sampling, tokenizer).sample_batch(0, 2)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_first_tokens_come_from_the_range(teacher_folder, tokenizer):
+    sampler = TeacherSampler(_source(teacher_folder, first_token_range=[10, 12]).sampling,
+                             tokenizer)
+    docs = sampler.documents(0, 5)
+    assert len(docs) == 5 and {d[0] for d in docs} <= {10, 11}
+    assert all(len(d) <= 7 and tokenizer.eos_token_id not in d for d in docs)
+    assert sampler.tokens_per_s > 0
+
+
+def test_mixes_with_real_text(teacher_folder, tokenizer, tmp_path, make_jsonl, make_docs):
+    real = make_jsonl("real", make_docs("r", 40))
+    config = as_data_config({
+        "seq_len": 8, "cache_dir": str(tmp_path), "shard_docs": 4,
+        "sources": [{"name": "real", "path": str(real), "weight": 0.5},
+                    {"name": "teacher", "kind": "teacher_samples", "weight": 0.5,
+                     "sampling": {"model": str(teacher_folder), **SAMPLING}}]})
+    stream = build_train_stream(config, tokenizer)
+    windows = [stream.next_window() for _ in range(20)]
+    assert all(w["input_ids"].shape == (8,) for w in windows)
+    assert stream.counts["real"] > 0 and stream.counts["teacher"] > 0
+
+
+def test_bad_sampling_settings_are_named():
+    with pytest.raises(ValueError, match="needs sampling.model"):
+        SourceConfig(name="t", kind="teacher_samples").validate()
+    with pytest.raises(ValueError, match="top_p"):
+        SourceConfig(name="t", kind="teacher_samples",
+                     sampling={"model": "m", "top_p": 0}).validate()
+    with pytest.raises(ValueError, match="remove path"):
+        SourceConfig(name="t", kind="teacher_samples", path="x.txt",
+                     sampling={"model": "m"}).validate()
+    with pytest.raises(ValueError, match="kind='nope'"):
+        SourceConfig(name="t", kind="nope").validate()
+    DataConfig(sources=[_source("m")]).validate()

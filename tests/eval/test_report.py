@@ -1,0 +1,48 @@
+"""The training report: per-domain perplexity, ratios to the teacher, samples, the table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wrinklefree.eval.report import NO_TEACHER, evaluate_model, format_report, ratios_to_teacher
+
+
+def _row(asv: float, english: float, rep4: float = 0.0) -> dict:
+    return {"perplexity": asv, "domains": {"asv": asv, "english": english}, "rep4": rep4,
+            "distinct2": 1.0, "samples": [{"prompt": "And God said,", "text": " x"}]}
+
+
+def test_ratios_and_table_by_hand():
+    report = {"teacher": _row(20.0, 60.0), "converted": _row(2e7, 3e7),
+              "trained": _row(100.0, 600.0, rep4=0.5)}
+    ratios = ratios_to_teacher(report)
+    assert ratios == {"converted": {"asv": 1e6, "english": 5e5},
+                      "trained": {"asv": pytest.approx(5.0), "english": pytest.approx(10.0)}}
+    table = format_report(report)
+    lines = table.splitlines()
+    assert lines[0].split() == ["model", "asv", "ppl", "english", "ppl", "asv", "/teacher",
+                                "english", "/teacher", "rep-4", "distinct-2"]
+    assert lines[4].split() == ["trained", "100.00", "600.00", "5.00", "10.00", "0.50", "1.00"]
+    assert "2e+07" in lines[3] and NO_TEACHER not in table
+    assert "trained   'And God said,' -> ' x'" in table
+
+
+def test_without_teacher_it_says_so():
+    report = {"trained": _row(100.0, 600.0)}
+    assert ratios_to_teacher(report) is None
+    table = format_report(report)
+    assert NO_TEACHER in table and "trained" in table
+
+
+def test_evaluate_model_on_a_tiny_model(tiny_folder):
+    from wrinklefree.generate import load_for_generation
+
+    model, tokenizer = load_for_generation(str(tiny_folder))
+    windows = {"asv": torch.randint(0, 100, (2, 16)), "english": torch.randint(0, 100, (2, 16))}
+    result = evaluate_model(model, tokenizer, windows, ["And God said,", "The city"], 6)
+    assert set(result["domains"]) == {"asv", "english"}
+    assert result["perplexity"] == result["domains"]["asv"]
+    assert [s["prompt"] for s in result["samples"]] == ["And God said,", "The city"]
+    assert result["sample"] == result["samples"][0]["text"]
+    assert 0.0 <= result["rep4"] <= 1.0 and 0.0 < result["distinct2"] <= 1.0

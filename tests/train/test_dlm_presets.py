@@ -1,0 +1,66 @@
+"""The diffusion presets end to end on a tiny model: dlm_demo (curriculum CE+KD -> DLM ramp +
+TCS) followed by `wf bench dlm` on the trained student, dlm_distill and lrc_dlm_influence."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+from wrinklefree.train import run as train_run
+from wrinklefree.train.plot import read_metrics
+
+BENCH = runpy.run_path(str(Path(__file__).parents[2] / "bench" / "dlm.py"))
+FAST = ["training.checkpoint_every=100", "training.warmup_steps=0", "objectives.tcs.top_k=8"]
+
+
+def test_dlm_demo_trains_through_its_curriculum_and_benches(tiny_config, tiny_source, tmp_path,
+                                                            capsys):
+    run_dir = train_run.train(tiny_config("training=dlm_demo", "training.max_steps=3",
+                                          "objectives.dlm.block_size=8", *FAST))
+    metrics = read_metrics(run_dir)
+    dlm_weight = dict(metrics["train/weight/dlm"])
+    assert dlm_weight[0] == 0.0 and 0.0 < dlm_weight[1] < 1.0 and dlm_weight[2] == 1.0  # ramp
+    assert all(v > 0 for v in dict(metrics["train/dlm/loss"]).values())
+    assert (run_dir / "final" / "config.json").is_file()
+
+    out = tmp_path / "bench"
+    result = BENCH["main"](["--student", str(run_dir), "--teacher", str(tiny_source),
+                            "--thresholds", "0.5", "2", "--prompts", "2", "--prompt-len", "8",
+                            "--new-tokens", "10", "--elbo-windows", "1", "--elbo-samples", "2",
+                            "--seq-len", "32", "--out", str(out)])
+    rows = {r["name"]: r for r in result["rows"]}
+    assert result["block_size"] == 8  # read from the run's config
+    assert rows["AR"]["tokens_per_forward"] == 1.0 and rows["AR"]["speedup"] == 1.0
+    assert rows["block diffusion τ=2"]["tokens_per_forward"] == pytest.approx(1.0)
+    assert rows["block diffusion τ=0.5"]["tokens_per_forward"] >= 1.0
+    for row in rows.values():
+        assert row["tokens"] == 20 and row["teacher_ppl"] > 1.0 and row["decode_tok_s"] > 0
+    assert result["student_masked_elbo_nats"] > 0
+    saved = json.loads((out / "dlm.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == list(rows)
+    assert (out / "dlm.png").stat().st_size > 0
+    assert "teacher ppl" in capsys.readouterr().out
+
+
+def test_dlm_distill_runs_end_to_end(tiny_config):
+    run_dir = train_run.train(tiny_config(
+        "training=dlm_distill", "training.max_steps=2", "objectives.dlm.block_size=8",
+        "objectives.block_attention_distill.block_size=8",
+        *FAST))
+    losses = dict(read_metrics(run_dir)["train/dlm/loss"])
+    assert list(losses) == [1] and losses[1] > 0  # CE warm-up at step 0, DLM at step 1
+
+
+def test_lrc_dlm_influence_runs_end_to_end(tiny_config, text_files):
+    run_dir = train_run.train(tiny_config(
+        "training=lrc_dlm_influence", "training.max_steps=2", "objectives.dlm.block_size=8",
+        f"data.sources=[{{name: words, path: '{text_files['words']}', weight: 0.5}}, "
+        f"{{name: digits, path: '{text_files['digits']}', weight: 0.5}}]",
+        "data.remix.every_steps=1", "+data.remix.windows_per_source=1",
+        "+data.remix.probe_windows=1", *FAST))
+    metrics = read_metrics(run_dir)
+    assert max(v for _, v in metrics["train/weight/dlm"]) > 0
+    assert any(key.startswith("remix/") for key in metrics)
