@@ -131,6 +131,7 @@ def test_missing_subln_targets_are_named():
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_packed_documents_do_not_attend_to_each_other(arch):
     model = convert_model_to_bitnet(tiny_model(arch), calibrate=False)  # fully ternary, SubLN on
+    model.double()  # other lengths, other summation orders: float64 keeps int8 rounding ties away
     docs = [torch.randint(1, 128, (n,)) for n in (5, 9, 6)]
     window = torch.cat(docs)[None]  # (1, 20)
     position_ids = torch.cat([torch.arange(len(d)) for d in docs])[None]
@@ -139,7 +140,7 @@ def test_packed_documents_do_not_attend_to_each_other(arch):
         start = 0
         for doc in docs:
             alone = model(input_ids=doc[None], use_cache=False).logits
-            assert (packed[0, start : start + len(doc)] - alone[0]).abs().max() < 1e-4
+            assert (packed[0, start : start + len(doc)] - alone[0]).abs().max() < 1e-9
             start += len(doc)
 
 

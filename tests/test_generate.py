@@ -8,6 +8,7 @@ from transformers import DynamicCache, GPT2Tokenizer, LlamaConfig, LlamaForCausa
 from wrinklefree.assets import gpt2_tokenizer_dir
 from wrinklefree.cli import main
 from wrinklefree.convert import convert_model_to_bitnet
+from wrinklefree.errors import UserInputError
 from wrinklefree.generate import (
     DecodeStats,
     NotDLMModelError,
@@ -273,7 +274,8 @@ def test_non_dlm_models_are_refused_clearly():
 
 def test_run_folder_resolves_to_final(tmp_path):
     (tmp_path / "final").mkdir()
-    assert resolve_source(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(UserInputError, match="neither a model folder"):
+        resolve_source(str(tmp_path))  # a folder with an unfinished run is no model
     (tmp_path / "final" / "config.json").write_text("{}")
     assert resolve_source(str(tmp_path)) == str(tmp_path / "final")
 

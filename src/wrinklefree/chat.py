@@ -50,11 +50,12 @@ def llamacpp_reply(llm, sampling: Sampling) -> Reply:
     return lambda messages: chat_reply(llm, messages, sampling)
 
 
-def run_chat(reply: Reply, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, *,
+def run_chat(reply: Reply, stdin: TextIO | None = None, stdout: TextIO | None = None, *,
              system: str | None = None) -> list[dict[str, str]]:
     """Read user turns from ``stdin`` (one per line; blank lines skipped; EOF or /exit ends),
     stream each reply to ``stdout``, and return the conversation. Prompts ('> ') are shown only
     when stdin is a terminal, so piped output holds just the replies, one per line."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout  # looked up now: tests swap them
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     interactive = stdin.isatty()
     while True:

@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ar: autoregressive; dlm: block diffusion (DLM-trained models only)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--packed", action="store_true",
-                   help="keep BitLinear weights 2-bit packed in memory (converted models)")
+                   help="converted models: ternary weights as int8 codes multiplied with int8 "
+                   "activations (torch._int_mm): faster than fp32, 4x less weight memory")
     p.add_argument("--temperature", type=float, default=0.0, help="ar: 0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="ar: nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="ar: sampling seed")

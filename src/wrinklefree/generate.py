@@ -53,7 +53,8 @@ def resolve_source(src: str) -> str:
 def load_for_generation(src: str, *, packed: bool = False) -> tuple[nn.Module, object]:
     """Model (eval mode) and tokenizer from a run folder or anything ``load_model`` accepts.
 
-    ``packed=True`` replaces every BitLinear by a 2-bit :class:`PackedBitLinear`.
+    ``packed=True`` replaces every BitLinear by a :class:`PackedBitLinear` (int8 codes, int8
+    activations, ``torch._int_mm``: faster than fp32 at 4x less linear-weight memory).
     """
     from wrinklefree.models import load_model, load_tokenizer
 

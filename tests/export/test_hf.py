@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from exact_ternary import make_weights_exactly_ternary
 from tiny_bitnet import save_tiny
 from transformers import AutoModelForCausalLM
 
 from wrinklefree.export.hf import export_hf, pack_transformers_bitnet
 from wrinklefree.models import load_model
-from wrinklefree.nn import BitLinear
 
 
 @pytest.fixture(autouse=True)
@@ -34,21 +34,6 @@ def test_packing_by_hand():
     assert pack_transformers_bitnet(codes).tolist() == [[134]]
 
 
-def _dyadic_ternary(model) -> None:
-    """Every BitLinear weight becomes codes · 2^-4 with exactly half the codes non-zero, so
-    gamma = mean|W| = 2^-5 and transformers' weight_scale = 1 / gamma = 32 are exact in any
-    precision and summation order: both sides see the very same ternary weights."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, BitLinear):
-                w = module.weight
-                codes = torch.randint(0, 2, w.shape, generator=gen) * 2.0 - 1.0  # +-1
-                zeros = torch.randperm(w.numel(), generator=gen)[: w.numel() // 2]
-                codes.view(-1)[zeros] = 0.0
-                w.copy_(codes * 2.0**-4)
-
-
 def _parity(folder, out):
     """Logits through stock transformers equal ours up to float64 rounding.
 
@@ -56,9 +41,9 @@ def _parity(folder, out):
     order (which depends on the CPU's instruction set) moves a product across a rounding tie of
     the next layer's int8 activation quantization at a few positions, and the difference then
     cascades. Both models are therefore compared in float64 (a tie is then ~1e-13 likely per
-    value) with exactly representable weight scales (:func:`_dyadic_ternary`)."""
+    value) with exactly representable weight scales (:func:`make_weights_exactly_ternary`)."""
     model = load_model(str(folder))
-    _dyadic_ternary(model)
+    make_weights_exactly_ternary(model)
     export_hf(model, out, folder)
     model.double()
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float64).eval()

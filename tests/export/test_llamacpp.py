@@ -9,6 +9,7 @@ scales, tied head), which must agree to f16 precision.
 from __future__ import annotations
 
 import pytest
+from llamacpp_probe import require_llamacpp
 from tiny_bitnet import TEXT, save_tiny
 from transformers import AutoTokenizer
 
@@ -17,7 +18,7 @@ from wrinklefree.export.parity import compare_logits, llamacpp_logits, torch_log
 from wrinklefree.models import load_model
 from wrinklefree.nn import BitLinear
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = require_llamacpp()  # skips, with the reason, where it is missing or crashes
 pytestmark = pytest.mark.llamacpp
 
 
@@ -25,7 +26,7 @@ def _tokens(folder, n: int = 64) -> list[int]:
     return AutoTokenizer.from_pretrained(folder).encode(TEXT)[:n]
 
 
-@pytest.mark.parametrize("weight_type", ["tq2_0", "tq1_0", "f16"])
+@pytest.mark.parametrize("weight_type", ["tq2_0", "tq1_0", "q2_0", "q4_0", "f16"])
 def test_ternary_gguf_logits_match_pytorch(tiny_dir, tmp_path, weight_type):
     model = load_model(str(tiny_dir))
     path = tmp_path / "m.gguf"
@@ -33,6 +34,34 @@ def test_ternary_gguf_logits_match_pytorch(tiny_dir, tmp_path, weight_type):
     tokens = _tokens(tiny_dir)
     stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
     assert stats["cosine"] > 0.999 and stats["top1"] >= 0.9, stats
+
+
+@pytest.fixture(scope="module")
+def odd_dir(tmp_path_factory):
+    """Widths 320 / 640: not whole 256-blocks (like SmolLM2's 576), whole 64-blocks."""
+    return save_tiny(tmp_path_factory.mktemp("odd") / "model", hidden_size=320,
+                     intermediate_size=640, num_attention_heads=5, num_key_value_heads=5)
+
+
+@pytest.mark.parametrize("fallback", ["q4_0", "q2_0", "q8_0"])
+@pytest.mark.parametrize("embed_type", ["f16", "q8_0"])
+def test_fallback_types_match_pytorch(odd_dir, tmp_path, fallback, embed_type):
+    model = load_model(str(odd_dir))
+    path = tmp_path / "m.gguf"
+    sizes = export_gguf(model, path, odd_dir, fallback_type=fallback, embed_type=embed_type)
+    assert sizes["blk.1.attn_q.weight"][0] == fallback.upper()
+    tokens = _tokens(odd_dir)
+    stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
+    assert stats["cosine"] > 0.99 and stats["top1"] >= 0.9, stats
+
+
+def test_q6_k_embedding_matches_pytorch(tiny_dir, tmp_path):
+    model = load_model(str(tiny_dir))
+    path = tmp_path / "m.gguf"
+    assert export_gguf(model, path, tiny_dir, embed_type="q6_k")["token_embd.weight"][0] == "Q6_K"
+    tokens = _tokens(tiny_dir)
+    stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
+    assert stats["cosine"] > 0.99 and stats["top1"] >= 0.9, stats
 
 
 def test_architecture_mapping_is_exact_without_activation_quantization(tiny_dir, tmp_path):
@@ -69,8 +98,8 @@ def test_llamacpp_tokenizes_like_transformers(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_exports_with_q8_0_fallback_and_exact_mapping(tmp_path):
-    """SmolLM2-135M: hidden 576 is not whole 256-blocks, so only ffn_down is TQ2_0.
+def test_smollm2_exports_with_q4_0_fallback_and_exact_mapping(tmp_path):
+    """SmolLM2-135M: hidden 576 is not whole 256-blocks, so only ffn_down is TQ2_0 (Q4_0 else).
 
     A converted but untrained SmolLM2 is numerically chaotic (the same PyTorch model in fp32 vs
     fp64 agrees only to cosine ~0.9), so its ternary logits cannot be compared meaningfully;
@@ -87,9 +116,10 @@ def test_smollm2_exports_with_q8_0_fallback_and_exact_mapping(tmp_path):
     folder = tmp_path / "smol"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    sizes = export_gguf(model, tmp_path / "tq2.gguf", folder)
+    sizes = export_gguf(model, tmp_path / "tq2.gguf", folder, embed_type="q8_0")
     assert sizes["blk.0.ffn_down.weight"][0] == "TQ2_0"
-    assert sizes["blk.0.attn_q.weight"][0] == "Q8_0"
+    assert sizes["blk.0.attn_q.weight"][0] == "Q4_0"
+    assert (tmp_path / "tq2.gguf").stat().st_size < 85e6  # 150 MB with the old Q8_0 fallback
     reader = gguf.GGUFReader(tmp_path / "tq2.gguf")
     assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm"
     text = asv_text()[10000:14000]

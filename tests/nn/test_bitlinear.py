@@ -126,3 +126,103 @@ def test_bf16_autocast_backward():
     y.float().sum().backward()
     assert x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
     assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
+
+
+def _tiny_converted(dtype: torch.dtype = torch.float32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from wrinklefree.convert import convert_model_to_bitnet
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = convert_model_to_bitnet(LlamaForCausalLM(config), calibrate=False).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("sub_norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def test_inference_mode_forward_equals_no_grad_forward():
+    """Inference tensors have no version counter: the activation cache must not read it."""
+    model = _tiny_converted().eval()
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(ids).logits
+    with torch.inference_mode():
+        got = model(ids).logits
+    assert torch.equal(got, expected)
+
+
+def test_no_input_is_kept_alive_after_the_forward():
+    import gc
+    import weakref
+
+    from wrinklefree.nn import bitlinear
+
+    q, k = BitLinear(16, 8), BitLinear(16, 8)
+    x = torch.randn(3, 16, requires_grad=True)
+    (q(x) + k(x)).sum().backward()
+    with torch.no_grad():
+        q(x)
+    ref = weakref.ref(x)
+    del x
+    gc.collect()
+    assert ref() is None, "the activation cache keeps the last input alive"
+    assert len(bitlinear._ACTIVATION_CACHE) == 0
+
+
+def test_an_in_place_change_of_the_input_is_quantized_afresh():
+    q = BitLinear(16, 8, bias=False)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        before = q(x)
+        x.mul_(2.0)  # a new version of the same tensor object
+        after = q(x)
+    torch.testing.assert_close(after, 2 * before)
+
+
+def test_loss_and_gradients_equal_the_textbook_model():
+    """The shared-input cache changes no value: every BitLinear written out op by op instead
+    (F.linear(ste_mix(x), ste_mix(W)), each projection quantizing its own input), in float64."""
+    import torch.nn.functional as F
+
+    from wrinklefree.quant import WEIGHT_QUANTIZERS, absmax_activation_quant, ste_mix
+
+    def textbook(self, x):
+        x = self.transform_input(x)
+        lam = self.quant_lambda
+        w = ste_mix(self.weight, WEIGHT_QUANTIZERS[self.weight_quant](self.weight), lam)
+        return F.linear(ste_mix(x, absmax_activation_quant(x), lam), w, self.bias)
+
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    results = []
+    for forward in (BitLinear.forward, textbook):
+        model = _tiny_converted(torch.float64)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(BitLinear, "forward", forward)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss, grads), (ref_loss, ref_grads) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-12)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_compiles_into_one_graph_with_the_same_values():
+    q, k = BitLinear(16, 8), BitLinear(16, 8, subln=True)
+
+    def f(x):
+        return q(x) + k(x)
+
+    x = torch.randn(3, 16, requires_grad=True)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)  # no graph break
+    y = compiled(x)
+    y.sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    f(x).sum().backward()
+    torch.testing.assert_close(y, f(x))
+    torch.testing.assert_close(grad, x.grad)

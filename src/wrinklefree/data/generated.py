@@ -15,7 +15,7 @@ mixture weights mix them with real text. Generation is batched with a KV cache
 samples are reproducible and a half-built cache resumes with exactly the documents it would
 have had, and the training process's RNG is left untouched.
 
-Speed, measured (SmolLM2-135M fp32, 2 shared CPU cores): see docs/data.md.
+Speed: the progress bar shows tokens/s per batch (docs/data.md); not yet timed on an idle machine.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def _quantized_activation(x: torch.Tensor, lam: float) -> torch.Tensor:
     tensors have no version counter and a compiled graph deduplicates the work itself: both are
     quantized afresh on every call.
     """
-    if x.is_inference() or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or x.is_inference():
         return ste_mix(x, absmax_activation_quant(x), lam)
     key = (x._version, lam)
     cached = _ACTIVATION_CACHE.get(x)

@@ -202,6 +202,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
     """Build everything, then write config.yaml (a failed launch leaves the folder as it was),
     then train and finish; runs while this process holds the run folder."""
     rank, world = trainer.global_rank, trainer.world_size
+    resume = _resume_path(cfg, run_dir)  # before loading anything: a bad checkpoint fails fast
     tokenizer = load_tokenizer(cfg.model.source)
     student = build_student(cfg, tokenizer)
     teacher = build_teacher(cfg, tokenizer)
@@ -219,7 +220,6 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
         probe = build_probe_batch(tokenizer, data_cfg.seq_len, data_cfg.remix,
                                   skip=cfg.training.val_windows)
         remixer = InfluenceRemixer(stream, probe, data_cfg.remix)
-    resume = _resume_path(cfg, run_dir)
     if trainer.is_global_zero:  # everything built: the launch is good, record its config
         _write_config(cfg, run_dir)
 

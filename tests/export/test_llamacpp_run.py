@@ -1,0 +1,163 @@
+"""Running exports in llama.cpp: `wf generate x.gguf`, `wf chat x.gguf` and `wf serve x.gguf`
+over real HTTP on 127.0.0.1 (optional llama-cpp-python + server extras; CI sets
+WF_WITH_LLAMACPP=1). The server process is always terminated by the fixture."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from llamacpp_probe import require_llamacpp
+from tiny_bitnet import save_tiny
+from transformers import AutoTokenizer
+
+from wrinklefree.cli import main
+from wrinklefree.export.gguf import export_gguf
+from wrinklefree.models import load_model
+
+llama_cpp = require_llamacpp()  # skips, with the reason, where it is missing or crashes
+pytestmark = pytest.mark.llamacpp
+
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_gguf(tmp_path_factory) -> Path:
+    """A tiny ternary GGUF whose tokenizer carries a chat template."""
+    folder = save_tiny(tmp_path_factory.mktemp("chat") / "model")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(folder)
+    path = folder.parent / "m.gguf"
+    export_gguf(load_model(str(folder)), path, folder)
+    return path
+
+
+def test_generate_gguf_runs_llamacpp_greedy_and_seeded(chat_gguf, capsys):
+    args = ["generate", str(chat_gguf), "--prompt", "And God said", "--max-new-tokens", "6"]
+    main(args)
+    out = capsys.readouterr()
+    assert "llama.cpp]" in out.err
+    llm = llama_cpp.Llama(model_path=str(chat_gguf), verbose=False)
+    try:
+        expected = llm.create_completion("And God said", max_tokens=6, temperature=0.0)
+    finally:
+        llm.close()
+    assert out.out.rstrip("\n") == expected["choices"][0]["text"]
+    sampled = args + ["--temperature", "1.0", "--top-p", "0.9", "--seed", "5"]
+    main(sampled)
+    first = capsys.readouterr().out
+    main(sampled)
+    assert capsys.readouterr().out == first  # same seed, same sample
+
+
+def test_chat_gguf_uses_its_template_with_piped_stdin(chat_gguf):
+    run = subprocess.run([sys.executable, "-m", "wrinklefree.cli", "chat", str(chat_gguf),
+                          "--max-new-tokens", "4", "--threads", "1"], input="hello\nagain\n",
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("\n") >= 2
+
+
+def test_chat_refuses_a_gguf_without_template(tiny_dir, tmp_path, capsys):
+    path = tmp_path / "plain.gguf"
+    export_gguf(load_model(str(tiny_dir)), path, tiny_dir)
+    with pytest.raises(SystemExit):
+        main(["chat", str(path)])
+    assert "no chat template" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- HTTP server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict, timeout: float = 60.0):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def server(chat_gguf):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "wrinklefree.cli", "serve", str(chat_gguf),
+                             "--host", "127.0.0.1", "--port", str(port), "--n-ctx", "512",
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"wf serve exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("wf serve did not answer within 120 s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_server_completion(server):
+    with _post(server + "/v1/completions", {"prompt": "And God said", "max_tokens": 6,
+                                            "temperature": 0}) as r:
+        body = json.loads(r.read())
+    assert r.status == 200 and isinstance(body["choices"][0]["text"], str)
+    assert 0 < body["usage"]["completion_tokens"] <= 6
+
+
+def test_server_streams_server_sent_events(server):
+    events = []
+    with _post(server + "/v1/completions", {"prompt": "And God said", "max_tokens": 5,
+                                            "temperature": 0, "stream": True}) as r:
+        for line in r:
+            line = line.decode().strip()
+            if line.startswith("data: "):
+                events.append(line[len("data: "):])
+    assert events[-1] == "[DONE]" and len(events) >= 3
+    pieces = [json.loads(e)["choices"][0]["text"] for e in events[:-1]]
+    assert "".join(pieces)
+
+
+def test_server_rejects_a_bad_request_with_a_message(server):
+    with pytest.raises(urllib.error.HTTPError) as info:
+        _post(server + "/v1/completions", {"prompt": "x", "max_tokens": "many"})
+    assert 400 <= info.value.code < 500
+    assert "max_tokens" in info.value.read().decode()
+
+
+def test_server_answers_concurrent_requests_in_bounded_time(server):
+    def one(i: int) -> int:
+        with _post(server + "/v1/completions", {"prompt": f"Request {i}", "max_tokens": 8,
+                                                "temperature": 0}, timeout=120) as r:
+            return json.loads(r.read())["usage"]["completion_tokens"]
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(one, range(4)))
+    assert all(0 < c <= 8 for c in counts)
+    assert time.monotonic() - start < 120
