@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/export_formats.py MODEL_OR_RUN [--tokens 256] [--out DIR]
 
-For each format (GGUF tq2_0 / tq1_0 / f16, tq2_0 with a q8_0 embedding, packed HF) prints the
-file size, the bytes per storage type and, when llama-cpp-python is installed, cosine / top-1 /
-max |diff| of its logits against the PyTorch model on held-out ASV tokens. The same PyTorch model
+For each format (GGUF type mixes: weights / fallback for rows not whole 256-blocks / embedding,
+and packed HF) prints the file size, the bytes per storage type and, when llama-cpp-python is
+installed, cosine / top-1 / max |diff| of its logits against the PyTorch model on held-out ASV
+tokens. The same PyTorch model
 in fp64 is the reference row: an untrained converted model is chaotic, and no export can agree
 with it better than it agrees with itself.
 """
@@ -27,8 +28,14 @@ from wrinklefree.export.hf import export_hf
 from wrinklefree.export.parity import compare_logits, llamacpp_logits, torch_logits
 from wrinklefree.models import load_model, load_tokenizer
 
-GGUF_VARIANTS = {"gguf tq2_0": ("tq2_0", "f16"), "gguf tq1_0": ("tq1_0", "f16"),
-                 "gguf f16": ("f16", "f16"), "gguf tq2_0 + q8_0 embed": ("tq2_0", "q8_0")}
+GGUF_VARIANTS = {  # name -> (weight type, fallback type, embedding type)
+    "gguf tq2_0/q8_0 f16": ("tq2_0", "q8_0", "f16"),  # the previous release's export
+    "gguf tq2_0/q4_0 q8_0": ("tq2_0", "q4_0", "q8_0"),
+    "gguf tq2_0/q2_0 q8_0": ("tq2_0", "q2_0", "q8_0"),
+    "gguf tq1_0/q2_0 q8_0": ("tq1_0", "q2_0", "q8_0"),
+    "gguf tq2_0/q4_0 q6_k": ("tq2_0", "q4_0", "q6_k"),
+    "gguf f16": ("f16", "q4_0", "f16"),
+}
 
 
 def _parity(stats: dict | None) -> str:
@@ -61,10 +68,10 @@ def main() -> None:
     has_llamacpp = importlib.util.find_spec("llama_cpp") is not None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
-        for name, (weight_type, embed_type) in GGUF_VARIANTS.items():
-            path = out / f"{name.replace(' ', '_').replace('+', '')}.gguf"
+        for name, (weight_type, fallback, embed_type) in GGUF_VARIANTS.items():
+            path = out / f"{name.replace(' ', '_').replace('/', '_')}.gguf"
             sizes = export_gguf(model, path, folder, weight_type=weight_type,
-                                embed_type=embed_type)
+                                fallback_type=fallback, embed_type=embed_type)
             stats = compare_logits(ref, llamacpp_logits(path, tokens)) if has_llamacpp else None
             _row(name, os.path.getsize(path), sizes, stats)
         from transformers import AutoModelForCausalLM

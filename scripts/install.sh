@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (Python 3.11) and install the pinned stack, the offline assets and wrinklefree.
 # Idempotent: a second run only checks. Set WF_WITH_LLAMACPP=1 to also build llama-cpp-python
-# (optional GGUF parity tests; ~10 minutes from source on 2 cores).
+# (optional GGUF parity tests; ~10 minutes from source on 2 cores) and WF_WITH_EXTRAS=1 for the
+# documented optional integrations (requirements-extras.txt: lm-evaluation-harness).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -18,4 +19,8 @@ if [ "${WF_WITH_LLAMACPP:-0}" = "1" ] && [ -f requirements-llamacpp.txt ]; then
   CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF"} \
   CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
     .venv/bin/python -m pip install -q -r requirements-llamacpp.txt
+fi
+if [ "${WF_WITH_EXTRAS:-0}" = "1" ]; then
+  # -c requirements.txt: the extras may add packages, never move a pinned one
+  .venv/bin/python -m pip install -q -c requirements.txt -r requirements-extras.txt
 fi

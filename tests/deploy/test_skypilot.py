@@ -1,9 +1,10 @@
 """The SkyPilot task YAMLs under deploy/skypilot/: a schema check with the keys SkyPilot documents,
-their wrinklefree overrides validated by our own config schema, and SkyPilot's own parser when the
-(heavy, optional) ``skypilot`` package is installed."""
+their wrinklefree overrides validated by our own config schema, and SkyPilot's own parser as a
+manual check (``WF_WITH_SKYPILOT=1``, not in CI: the package is too heavy for the test venv)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -104,7 +105,13 @@ def test_training_overrides_are_valid(path, tmp_path):
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
 def test_skypilot_parser_accepts_the_task(path):
-    sky = pytest.importorskip("sky", reason="skypilot is optional (heavy): pip install skypilot")
+    """A manual check, not part of CI: skypilot 0.14.1 adds ~50 packages (SQLAlchemy,
+    cryptography, psycopg2, uvloop...) and downgrades click below our pin.
+    ``WF_WITH_SKYPILOT=1`` makes it required."""
+    if os.environ.get("WF_WITH_SKYPILOT") != "1":
+        pytest.skip("manual check (not in CI): pip install skypilot==0.14.1, then rerun with "
+                    "WF_WITH_SKYPILOT=1")
+    import sky
     task = sky.Task.from_yaml_config(
         load(path), env_overrides=[("BUCKET", "my-bucket")],
         secrets_overrides=[(name, "redacted") for name in sorted(REQUIRED_SECRETS)])

@@ -180,3 +180,15 @@ def test_int8_weight_bytes_and_refusals(int8_backend):
     layer.quantize_activations = False
     with pytest.raises(ValueError, match="kernel='2bit'"):
         PackedBitLinear.from_bitlinear(layer, kernel="int8")
+
+
+def test_uint8_activation_is_the_int8_codes_plus_128_and_is_reused_only_for_the_same_tensor():
+    from wrinklefree.nn.packed import _uint8_activation
+
+    x = torch.randn(3, 40)
+    q, s = int8_activation(x)
+    xu, su = _uint8_activation(x)
+    assert torch.equal(xu.to(torch.int16) - 128, q.to(torch.int16)) and torch.equal(s, su)
+    assert _uint8_activation(x)[0] is xu  # q/k/v share one quantization
+    x.mul_(2)  # changed in place: the version counter moves, so it is quantized afresh
+    assert _uint8_activation(x)[0] is not xu

@@ -103,3 +103,49 @@ def test_missing_capture_is_a_clear_error():
         AttentionRelationDistillObjective(layer=0)(
             SimpleNamespace(qkv=qkv(STUDENT)), {"input_ids": torch.zeros(1, 2)}, SimpleNamespace()
         )
+
+
+def test_document_ids_restart_with_the_position_ids():
+    from wrinklefree.objectives.attention import document_ids
+
+    positions = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]])
+    like = torch.zeros(2, 5)
+    assert document_ids(positions, like).tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    assert document_ids(None, like).tolist() == [[0] * 5] * 2
+    # one (1, L) row of position ids serves a whole batch
+    assert document_ids(positions[:1], like).tolist() == [[0, 0, 0, 1, 1]] * 2
+
+
+def test_packed_documents_relate_only_within_themselves_batch_of_two():
+    """Row 0 packs the 2x2 example (document A) and a 2-token document B identical in both models;
+    row 1 holds one 4-token document. By hand: row 0 gives KL(A) on its 2 rows and 0 on B's, so the
+    mean over the 8 rows is (2·KL(A) + 4·KL(row 1 alone)) / 8."""
+    from wrinklefree.objectives.attention import document_ids
+
+    teacher = torch.cat([TEACHER, TEACHER], dim=1)  # (1, 4, 2): A = rows 0-1, B = rows 2-3
+    student = torch.cat([STUDENT, TEACHER], dim=1)
+    other_t, other_s = torch.randn(1, 4, 2), torch.randn(1, 4, 2)
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    positions = torch.tensor([[0, 1, 0, 1], [0, 1, 2, 3]])
+    docs = document_ids(positions, valid)
+    packed = relation_kl(torch.cat([student, other_s]), torch.cat([teacher, other_t]), valid,
+                         valid, heads=1, form="dot", block=4, docs=docs)
+    alone = relation_kl(other_s, other_t, valid[:1], valid[:1], heads=1, form="dot", block=4)
+    expected = (2 * kl_vs_uniform(1 / math.sqrt(2)) + 4 * alone.item()) / 8
+    assert packed.item() == pytest.approx(expected, rel=1e-5)
+    # the teeth: across the document boundary B's rows would see A's differing keys
+    mixed = relation_kl(torch.cat([student, other_s]), torch.cat([teacher, other_t]), valid,
+                        valid, heads=1, form="dot", block=4)
+    assert mixed.item() > packed.item() + 0.01
+
+
+def test_single_token_documents_have_nothing_to_distil():
+    # every document is one token: each relation row is [1] for both models, KL 0 exactly
+    objective = AttentionRelationDistillObjective()
+    student = SimpleNamespace(qkv=qkv(torch.randn(2, 3, 4)))  # (B, L, d), one head
+    teacher = SimpleNamespace(qkv=qkv(torch.randn(2, 3, 4)))
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long),
+             "position_ids": torch.zeros(2, 3, dtype=torch.long)}
+    assert objective(student, batch, teacher).loss.item() == 0.0
+    del batch["position_ids"]  # one document per row: the same tensors now differ
+    assert objective(student, batch, teacher).loss.item() > 0.0

@@ -46,19 +46,38 @@ def split_relation_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.reshape(batch, length, heads, dim // heads).transpose(1, 2)
 
 
-def relation_log_probs(
-    x: torch.Tensor, key_valid: torch.Tensor, form: Form, block: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log relation matrices within blocks of ``block`` positions.
+def document_ids(position_ids: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """(B, L) long: the index of the document each position belongs to, within its row.
 
-    x (B, R, L, d), key_valid (B, L) -> log-probs (B, R, nb, block, block) and the key mask
-    (B, 1, nb, 1, block). ``block = L`` is the full sequence. Invalid and padding keys get
-    probability 0.
+    A packed window restarts its position ids at every document (``data.packing``); a document
+    boundary is wherever the position id is not the previous one plus 1. Without position ids
+    the whole row is one document.
+    """
+    if position_ids is None:
+        return torch.zeros(like.shape[:2], dtype=torch.long, device=like.device)
+    rows = like.shape[0]
+    if position_ids.shape[0] != rows:  # (1, L) for every row, or (B, L) for a doubled DLM batch
+        position_ids = position_ids.repeat(rows // position_ids.shape[0], 1)
+    starts = torch.ones_like(position_ids, dtype=torch.long)
+    starts[:, 1:] = (position_ids[:, 1:] != position_ids[:, :-1] + 1).long()
+    return starts.cumsum(-1) - 1
+
+
+def relation_log_probs(
+    x: torch.Tensor, key_valid: torch.Tensor, form: Form, block: int, docs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log relation matrices within blocks of ``block`` positions and within documents.
+
+    x (B, R, L, d), key_valid (B, L), docs (B, L) document ids -> log-probs
+    (B, R, nb, block, block) and the (query, key) mask (B, 1, nb, block, block). ``block = L`` is
+    the full sequence. Invalid and padding keys, and keys of another document of a packed window,
+    get probability 0.
     """
     batch, heads, length, dim = x.shape
     pad = (-length) % block
     x = F.pad(x.float(), (0, 0, 0, pad))
     key_valid = F.pad(key_valid, (0, pad), value=False)
+    docs = F.pad(docs, (0, pad), value=-1)
     blocks = (length + pad) // block
     x = x.reshape(batch, heads, blocks, block, dim)
     if form == "cosine":  # BitDistill reference code: cosine similarity, no temperature
@@ -66,9 +85,11 @@ def relation_log_probs(
         scores = x @ x.transpose(-1, -2)
     else:  # BitDistill Eq. 12 / MiniLM-v2: scaled dot product
         scores = x @ x.transpose(-1, -2) / math.sqrt(dim)
-    keys = key_valid.reshape(batch, 1, blocks, 1, block)
-    scores = scores.masked_fill(~keys, torch.finfo(scores.dtype).min)
-    return F.log_softmax(scores, dim=-1), keys
+    docs = docs.reshape(batch, 1, blocks, block)
+    pairs = (docs.unsqueeze(-1) == docs.unsqueeze(-2)) & key_valid.reshape(
+        batch, 1, blocks, 1, block)  # (B, 1, nb, block, block)
+    scores = scores.masked_fill(~pairs, torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1), pairs
 
 
 def relation_kl(
@@ -79,14 +100,20 @@ def relation_kl(
     heads: int,
     form: Form,
     block: int,
+    docs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over relation heads and selected query rows of KL(R_teacher || R_student).
 
-    student (B, L, D_s), teacher (B, L, D_t), key_valid / rows (B, L) bool.
+    student (B, L, D_s), teacher (B, L, D_t), key_valid / rows (B, L) bool, docs (B, L) document
+    ids (None: one document per row).
     """
-    log_s, keys = relation_log_probs(split_relation_heads(student, heads), key_valid, form, block)
-    log_t, _ = relation_log_probs(split_relation_heads(teacher, heads), key_valid, form, block)
-    kl = torch.where(keys, log_t.exp() * (log_t - log_s), 0.0).sum(-1)  # (B, R, nb, block)
+    if docs is None:
+        docs = document_ids(None, rows)
+    log_s, pairs = relation_log_probs(
+        split_relation_heads(student, heads), key_valid, form, block, docs)
+    log_t, _ = relation_log_probs(
+        split_relation_heads(teacher, heads), key_valid, form, block, docs)
+    kl = torch.where(pairs, log_t.exp() * (log_t - log_s), 0.0).sum(-1)  # (B, R, nb, block)
     batch, length = rows.shape
     rows = F.pad(rows, (0, (-length) % block), value=False).reshape(batch, 1, kl.shape[2], block)
     return masked_mean(kl, rows)
@@ -98,7 +125,8 @@ class AttentionRelationDistillObjective(Objective):
     loss = 1/3 Σ_{X∈{Q,K,V}} 1/(R·|rows|) Σ_r Σ_rows KL(R_X,r^T || R_X,r^S),
     R_X = softmax(X·Xᵀ/√d_r) (``form="dot"``, the default: the paper's equation and MiniLM-v2's).
     q/k/v are the projection outputs (before RoPE) captured by
-    :func:`~wrinklefree.objectives.run_model`; padding keys and rows are excluded.
+    :func:`~wrinklefree.objectives.run_model`; padding keys and rows are excluded, and in a
+    packed window (position ids restarting per document) a row's keys are its own document's.
 
     Scale and the paper's γ: the loss is a mean KL per relation row in nats, so a weight near 1
     puts it on the scale of CE (measured on SmolLM2-135M against fresh BitNet students: 3.7-3.9,
@@ -146,8 +174,10 @@ class AttentionRelationDistillObjective(Objective):
         rows = self.query_rows(batch, valid)
         heads = self.relation_heads or student[1].shape[1]
         block = self.block_size or valid.shape[1]
+        docs = document_ids(batch.get("position_ids"), valid)  # packed windows: per document
         terms = {
-            name: relation_kl(merge_heads(s), merge_heads(t), valid, rows, heads, self.form, block)
+            name: relation_kl(
+                merge_heads(s), merge_heads(t), valid, rows, heads, self.form, block, docs)
             for name, s, t in zip(("q", "k", "v"), student, teacher, strict=True)
         }
         loss = (terms["q"] + terms["k"] + terms["v"]) / 3
