@@ -56,6 +56,7 @@ GGUF_MIXES = [
     ("tq2_0", "q8_0", "f16"),
     ("tq2_0", "q4_0", "f16"),
     ("tq2_0", "q4_0", "q8_0"),
+    ("tq2_0", "q4_0", "q5_0"),
     ("tq2_0", "q2_0", "q8_0"),
     ("tq1_0", "q2_0", "q8_0"),
     ("q4_0", "q4_0", "q8_0"),
@@ -74,7 +75,12 @@ def gguf_name(mix: tuple[str, str, str]) -> str:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # KiB on Linux
+    """This process's peak resident memory: VmHWM (kB), which starts afresh at exec, unlike
+    ru_maxrss, which Linux carries over from the parent that forked the row."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / MB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
 
 
 def timed(chunks: Iterable[list[int]]) -> tuple[float, float, int]:

@@ -89,6 +89,7 @@ def shared_overrides(scale: str, steps: int, out: Path, name: str, seed: int = 0
         "training.keep_last=1", "logging.progress_bar=false", "logging.tensorboard=false",
         f"data.seed={seed}", f"training.seed={seed}",
         f"name=quality-{name}-seed{seed}", f"run_dir={out / name / f'seed{seed}'}",
+        "overwrite=true",  # a folder without report.json holds an interrupted run: start over
     ]
 
 

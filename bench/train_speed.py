@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_speed.py [--model tiny|smollm2] [--batch 4] [--seq-len 256]
                                           [--repeats 3] [--threads N] [--clock wall|cpu]
-                                          [--compile] [--json out.json]
+                                          [--compile] [--bf16] [--json out.json]
 
 Rows: one layer (nn.Linear vs BitLinear at lambda 1) at several shapes, forward + backward; and a
 whole model's optimizer step (forward + backward + AdamW as ``wf train`` builds it: fused on CPU)
@@ -79,7 +79,7 @@ def _load(model_name: str):
 
 
 def model_rows(model_name: str, batch: int, seq_len: int, repeats: int,
-               compile_models: bool = False) -> list[dict]:
+               compile_models: bool = False, bf16: bool = False) -> list[dict]:
     source = _load(model_name).train()
     variants = {  # speed does not depend on the SubLN gains: no calibration (calibrate=False)
         "fp32": source,
@@ -92,13 +92,19 @@ def model_rows(model_name: str, batch: int, seq_len: int, repeats: int,
                                                                        calibrate=False)
         for name in ("fp32 compiled", "ternary + SubLN compiled"):
             variants[name].compile()
+    if bf16:  # fp32 master weights, bf16 compute: what Lightning's "bf16-mixed" does
+        variants["fp32 bf16-autocast"] = copy.deepcopy(source)
+        variants["ternary + SubLN bf16-autocast"] = convert_model_to_bitnet(
+            copy.deepcopy(source), calibrate=False)
     ids = torch.randint(0, source.config.vocab_size, (batch, seq_len))
     steps = {}
     for name, model in variants.items():
         optimizer = build_optimizer(model, "adamw", 1e-5, 0.0, (0.9, 0.95))
+        autocast = name.endswith("bf16-autocast")
 
-        def step(model=model, optimizer=optimizer):
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        def step(model=model, optimizer=optimizer, bf16=autocast):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -133,6 +139,9 @@ def main() -> None:
                         help="wall seconds, or process CPU seconds (steadier under load)")
     parser.add_argument("--compile", action="store_true",
                         help="add torch.compile'd fp32 and ternary + SubLN rows (slow to build)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add fp32 and ternary + SubLN rows under bf16 autocast (fast on CPUs "
+                             "with AVX512-BF16 / AMX)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     global clock
@@ -140,7 +149,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = layer_rows(args.batch * args.seq_len, args.repeats)
-    rows += model_rows(args.model, args.batch, args.seq_len, args.repeats, args.compile)
+    rows += model_rows(args.model, args.batch, args.seq_len, args.repeats, args.compile,
+                       args.bf16)
     print(f"threads: {torch.get_num_threads()}, clock: {args.clock}, "
           f"tokens per step: {args.batch * args.seq_len}")
     print(f"| {'row':32s} | {'seconds':>8s} | {'ratio to fp32':>13s} |")

@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 ./scripts/install.sh
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 run_dir=runs/dlm_demo
-.venv/bin/wf train training=dlm_demo run_dir="$run_dir" "$@"
+# a rerun replaces the previous run (overwrite=true); pass resume=auto to continue it instead
+.venv/bin/wf train training=dlm_demo run_dir="$run_dir" overwrite=true "$@"
 .venv/bin/wf bench dlm --student "$run_dir" --out "$run_dir/bench-dlm"

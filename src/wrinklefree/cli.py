@@ -498,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback-type", choices=["q4_0", "q2_0", "q8_0"], default="q4_0",
                    help="gguf: exact type for rows that are not whole 256-blocks (q4_0: 4.5 "
                    "bits/weight, SIMD kernels; q2_0: 2.25 bits/weight, generic C on x86)")
-    p.add_argument("--embed-type", choices=["f16", "q8_0", "q6_k"], default="f16",
+    p.add_argument("--embed-type", choices=["f16", "q8_0", "q6_k", "q5_0"], default="f16",
                    help="gguf: type of the embeddings, output head and full-precision layers "
-                   "(q6_k needs rows of 256, else q8_0)")
+                   "(q6_k needs rows of 256, else q8_0; q5_0: 5.5 bits/weight, rows of 32)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

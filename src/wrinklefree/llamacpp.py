@@ -143,11 +143,35 @@ def server_app(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = N
         from llama_cpp.server.settings import ModelSettings, ServerSettings
     except ImportError as err:
         raise UserInputError(f"{SERVER_HINT} ({err})") from err
+    _validation_errors_as_422()
     model: dict[str, Any] = {"model": str(path), "model_alias": alias or Path(path).stem,
                              "n_ctx": n_ctx, "verbose": False}
     if n_threads is not None:
         model |= {"n_threads": n_threads, "n_threads_batch": n_threads}
     return create_app(server_settings=ServerSettings(), model_settings=[ModelSettings(**model)])
+
+
+def _validation_errors_as_422() -> None:
+    """llama-cpp-python 0.3.36's route handler (server/errors.py, RouteErrorHandler) turns every
+    exception into a 500, a malformed request included. Answer that one as a 422 naming the bad
+    fields (OpenAI's ``invalid_request_error``); every other error keeps the library's handling."""
+    from fastapi.exceptions import RequestValidationError
+    from llama_cpp.server.errors import ErrorResponse, RouteErrorHandler
+
+    original = RouteErrorHandler.error_message_wrapper
+    if getattr(original, "wf_validation_422", False):
+        return
+
+    def wrapper(self, error: Exception, body=None):
+        if not isinstance(error, RequestValidationError):
+            return original(self, error, body)
+        problems = [(".".join(str(p) for p in e["loc"][1:]), e["msg"]) for e in error.errors()]
+        message = "; ".join(f"{field}: {msg}" for field, msg in problems)
+        return 422, ErrorResponse(message=message, type="invalid_request_error",
+                                  param=problems[0][0] if problems else None, code=None)
+
+    wrapper.wf_validation_422 = True
+    RouteErrorHandler.error_message_wrapper = wrapper
 
 
 def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, n_ctx: int = 2048,

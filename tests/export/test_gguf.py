@@ -124,8 +124,8 @@ def test_untied_subln_model_is_refused(tmp_path):
 def test_unknown_type_is_named(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="'q3_k'"):
         export_gguf(load_model(str(tiny_dir)), tmp_path / "m.gguf", tiny_dir, weight_type="q3_k")
-    with pytest.raises(ValueError, match="'q5_0'"):
-        export_gguf(load_model(str(tiny_dir)), tmp_path / "m.gguf", tiny_dir, embed_type="q5_0")
+    with pytest.raises(ValueError, match="'q4_k'"):
+        export_gguf(load_model(str(tiny_dir)), tmp_path / "m.gguf", tiny_dir, embed_type="q4_k")
 
 
 @pytest.mark.parametrize("weight_type, decode", [("q4_0", decode_q4_0), ("q2_0", decode_q2_0)])
@@ -164,7 +164,8 @@ def test_cli_exports_a_run_folder(tiny_dir, tmp_path, capsys):
     for f in tiny_dir.iterdir():
         (run / "final" / f.name).symlink_to(f)
     main(["export", str(run), str(tmp_path / "out.gguf"), "--type", "tq1_0"])
-    assert "TQ1_0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "TQ1_0" in out and "tensors" in out and "total" in out
     reader, tensors = _read(tmp_path / "out.gguf")
     assert tensors["blk.0.attn_q.weight"].tensor_type == Q.TQ1_0
 
@@ -180,3 +181,20 @@ def test_bf16_model_exports_the_same_codes(tiny_dir, tmp_path):
     export_gguf(model, tmp_path / "m.gguf", tiny_dir)
     _, tensors = _read(tmp_path / "m.gguf")
     assert tensors["blk.0.attn_k.weight"].tensor_type == Q.TQ2_0
+
+
+def test_cli_type_table_and_refusal(tmp_path, capsys):
+    from wrinklefree.cli import format_type_table
+
+    table = format_type_table({"a": ("Q4_0", 3 * 2**20), "b": ("F32", 2**20), "c": ("Q4_0", 0)})
+    lines = table.splitlines()
+    assert lines[1].split() == ["Q4_0", "2", "3.00", "75.0%"]
+    assert lines[2].split() == ["F32", "1", "1.00", "25.0%"]
+    assert lines[3].split()[:3] == ["total", "3", "4.00"]
+    folder = save_tiny(tmp_path / "w80", hidden_size=80, intermediate_size=256,
+                       num_attention_heads=4, num_key_value_heads=4)  # 80: not whole 32-blocks
+    with pytest.raises(SystemExit):
+        main(["export", str(folder), str(tmp_path / "x.gguf")])
+    err = capsys.readouterr().err
+    assert "rows of 80 weights fit no exact llama.cpp ternary type" in err and "--type f16" in err
+    assert not (tmp_path / "x.gguf").exists()

@@ -55,13 +55,17 @@ def test_fallback_types_match_pytorch(odd_dir, tmp_path, fallback, embed_type):
     assert stats["cosine"] > 0.99 and stats["top1"] >= 0.9, stats
 
 
-def test_q6_k_embedding_matches_pytorch(tiny_dir, tmp_path):
+@pytest.mark.parametrize("embed_type, min_top1", [("q6_k", 0.9), ("q5_0", 0.6)])
+def test_quantized_embedding_matches_pytorch(tiny_dir, tmp_path, embed_type, min_top1):
+    """The tiny random model's logits are nearly flat, so the tied head's quantization noise
+    moves argmaxes easily: Q5_0 (5.5 bits) keeps cosine 0.995 but ~72 % top-1 here."""
     model = load_model(str(tiny_dir))
     path = tmp_path / "m.gguf"
-    assert export_gguf(model, path, tiny_dir, embed_type="q6_k")["token_embd.weight"][0] == "Q6_K"
+    sizes = export_gguf(model, path, tiny_dir, embed_type=embed_type)
+    assert sizes["token_embd.weight"][0] == embed_type.upper()
     tokens = _tokens(tiny_dir)
     stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(path, tokens))
-    assert stats["cosine"] > 0.99 and stats["top1"] >= 0.9, stats
+    assert stats["cosine"] > 0.99 and stats["top1"] >= min_top1, stats
 
 
 def test_architecture_mapping_is_exact_without_activation_quantization(tiny_dir, tmp_path):

@@ -127,7 +127,7 @@ def test_server_completion(server):
                                             "temperature": 0}) as r:
         body = json.loads(r.read())
     assert r.status == 200 and isinstance(body["choices"][0]["text"], str)
-    assert 0 < body["usage"]["completion_tokens"] <= 6
+    assert 0 < body["usage"]["completion_tokens"] <= 6 + 4  # see the concurrent test
 
 
 def test_server_streams_server_sent_events(server):
@@ -159,5 +159,7 @@ def test_server_answers_concurrent_requests_in_bounded_time(server):
     start = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
         counts = list(pool.map(one, range(4)))
-    assert all(0 < c <= 8 for c in counts)
+    # llama-cpp-python finishes an incomplete UTF-8 character past max_tokens (byte tokens of the
+    # tiny tokenizer: up to 3 more) and counts one more token when it stops on length
+    assert all(0 < c <= 8 + 4 for c in counts), counts
     assert time.monotonic() - start < 120

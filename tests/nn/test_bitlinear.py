@@ -226,3 +226,36 @@ def test_compiles_into_one_graph_with_the_same_values():
     f(x).sum().backward()
     torch.testing.assert_close(y, f(x))
     torch.testing.assert_close(grad, x.grad)
+
+
+def test_subln_gradient_hand_values():
+    # x = [3, 4], g = [1, 1], eps = 0, dL/dy = [1, 0]: r = 1/sqrt(12.5), x̂ = [3r, 4r]
+    # dL/dx = r·([1, 0] - x̂·mean([1, 0]·x̂)) = r·([1, 0] - [3r, 4r]·1.5r) = r·[0.64, -0.48]
+    # (r² = 0.08); dL/dg = [1, 0]·x̂ = [3r, 0]
+    norm = SubLN(2, eps=0.0)
+    x = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    (norm(x) * torch.tensor([1.0, 0.0])).sum().backward()
+    r = 12.5**-0.5
+    torch.testing.assert_close(x.grad, torch.tensor([[0.64 * r, -0.48 * r]]))
+    torch.testing.assert_close(norm.weight.grad, torch.tensor([3 * r, 0.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_subln_backward_equals_autograd_of_the_formula(dtype):
+    torch.manual_seed(0)
+    norm = SubLN(24).to(dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 24, dtype=dtype, requires_grad=True)
+    grad_y = torch.randn(3, 5, 24, dtype=dtype)
+    y = norm(x)
+    y.backward(grad_y)
+    got = (y.detach(), x.grad.clone(), norm.weight.grad.clone())
+    x.grad, norm.weight.grad = None, None
+    xf = x.float()  # the same formula, differentiated by autograd
+    ref = norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)).to(dtype)
+    ref.backward(grad_y)
+    assert torch.equal(got[0], ref.detach())
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(got[1], x.grad, **tol)
+    torch.testing.assert_close(got[2], norm.weight.grad, **tol)

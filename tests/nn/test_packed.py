@@ -5,7 +5,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.nn import BitLinear
-from wrinklefree.nn.packed import PackedBitLinear, int8_activation, pack_model, weight_bytes
+from wrinklefree.nn.packed import (
+    PackedBitLinear,
+    int8_activation,
+    onednn_prepack,
+    pack_model,
+    weight_bytes,
+)
 from wrinklefree.quant import set_quant_lambda
 
 
@@ -99,6 +105,7 @@ def test_int8_layer_by_hand(int8_backend):
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[0.5, -0.5, 0.0, 0.1], [1.0, 1.0, -1.0, 0.0]]))
     packed = PackedBitLinear.from_bitlinear(layer, kernel="int8")
+    assert (packed.onednn is not None) == (int8_backend == "onednn")
     # codes [[1, -1, 0, 0], [1, 1, -1, 0]] (see the 2-bit test); int8 x = [127, 64, 32, -127]:
     # row 0: 127 - 64 = 63; row 1: 127 + 64 - 32 = 159; y = 0.5125 * acc / 127
     y = packed(torch.tensor([[1.0, 0.5, 0.25, -1.0]]))
@@ -134,6 +141,8 @@ def int8_backend(request, monkeypatch):
     """Both int8 matmuls: oneDNN's pre-packed GEMM, and torch._int_mm (its fallback)."""
     if request.param == "int_mm":
         monkeypatch.setattr("wrinklefree.nn.packed.onednn_prepack", lambda codes: None)
+    elif onednn_prepack(torch.ones(8, 64, dtype=torch.int8)) is None:
+        pytest.skip("this torch build / CPU has no working oneDNN int8 linear")
     return request.param
 
 
@@ -149,6 +158,7 @@ def test_int8_kernel_logits_equal_fake_quant_reference(weight_quant, int8_backen
     pack_model(model, kernel="int8")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, PackedBitLinear)}
     assert len(layers) == 14 and all(m.kernel == "int8" for m in layers.values())
+    assert all((m.onednn is not None) == (int8_backend == "onednn") for m in layers.values())
     for layer in layers.values():
         layer.record = []
     with torch.no_grad():
@@ -192,3 +202,19 @@ def test_uint8_activation_is_the_int8_codes_plus_128_and_is_reused_only_for_the_
     assert _uint8_activation(x)[0] is xu  # q/k/v share one quantization
     x.mul_(2)  # changed in place: the version counter moves, so it is quantized afresh
     assert _uint8_activation(x)[0] is not xu
+
+
+def test_compiled_static_decoding_gives_the_eager_tokens():
+    """The plumbing of wrinklefree.compiled (static cache, positions, sampling) with the eager
+    backend: inductor itself costs minutes of compile time, measured in docs/benchmarks.md."""
+    from wrinklefree.compiled import generate_ar_compiled
+    from wrinklefree.generate import generate_ar
+
+    model = pack_model(convert_model_to_bitnet(tiny_llama(), calibrate=False), onednn=False)
+    assert all(m.onednn is None for m in model.modules() if isinstance(m, PackedBitLinear))
+    ids = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(3))
+    for kwargs in ({}, {"temperature": 1.0, "top_p": 0.9, "seed": 4}):
+        eager = [t for c in generate_ar(model, ids, max_new_tokens=6, **kwargs) for t in c]
+        static = [t for c in generate_ar_compiled(model, ids, max_new_tokens=6, backend="eager",
+                                                  **kwargs) for t in c]
+        assert static == eager

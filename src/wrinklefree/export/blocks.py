@@ -38,6 +38,7 @@ GGML_TYPES = {
         GGMLType("F32", 0, 1, 4),
         GGMLType("F16", 1, 1, 2),
         GGMLType("Q4_0", 2, 32, 18),  # ggml_half d; uint8_t qs[16]
+        GGMLType("Q5_0", 6, 32, 22),  # ggml_half d; uint8_t qh[4]; uint8_t qs[16]
         GGMLType("Q8_0", 8, 32, 34),  # ggml_half d; int8_t qs[32]
         GGMLType("Q6_K", 14, 256, 210),  # ql[128], qh[64], int8 scales[16], ggml_half d
         GGMLType("TQ1_0", 34, 256, 54),

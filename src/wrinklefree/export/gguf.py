@@ -51,7 +51,7 @@ T = gguf.MODEL_TENSOR
 WEIGHT_TYPES = ("tq2_0", "tq1_0", "q2_0", "q4_0", "f16")
 FALLBACK_TYPES = ("q4_0", "q2_0", "q8_0")  # rows that are not whole 256-blocks; q8_0: 8.5 bits
 DEFAULT_FALLBACK = "q4_0"  # SIMD dot product on x86; Q2_0's is generic C (docs/export.md)
-EMBED_TYPES = ("f16", "q8_0", "q6_k")
+EMBED_TYPES = ("f16", "q8_0", "q6_k", "q5_0")
 # llama.h `enum llama_ftype` (MOSTLY_Q2_0 = 41 is not in gguf-py 0.19)
 FILE_TYPES = {"tq2_0": 37, "tq1_0": 36, "q2_0": 41, "q4_0": 2, "f16": 1}
 
@@ -207,7 +207,7 @@ def fp_tensor_type(embed_type: str, in_features: int, tensor: str = "a tensor") 
     if embed_type not in EMBED_TYPES:
         raise ValueError(f"unknown embedding type '{embed_type}'; choose one of {EMBED_TYPES}")
     chosen = embed_type.upper()
-    for wanted, fallback in (("Q6_K", "Q8_0"), ("Q8_0", "F16")):
+    for wanted, fallback in (("Q6_K", "Q8_0"), ("Q8_0", "F16"), ("Q5_0", "F16")):
         if chosen == wanted and in_features % _gguf_type(wanted).block:
             warnings.warn(f"{tensor}: rows of {in_features} are not whole {wanted} blocks of "
                           f"{_gguf_type(wanted).block}; stored as {fallback}", stacklevel=3)
@@ -326,8 +326,8 @@ def export_gguf(
         weight_type: type of the ternary projections: ``tq2_0`` (2.06 bits/weight), ``tq1_0``
             (1.69), ``q2_0`` (2.25), ``q4_0`` (4.5) or ``f16``; all exact. Rows that are not
             whole blocks of it take ``fallback_type`` per tensor (:func:`ternary_tensor_type`).
-        embed_type: ``f16``, ``q8_0`` or ``q6_k`` for the embedding, an untied output head and
-            any projection kept in full precision. Norms and scales are always f32.
+        embed_type: ``f16``, ``q8_0``, ``q6_k`` or ``q5_0`` for the embedding, an untied output
+            head and any projection kept in full precision. Norms and scales are always f32.
         fallback_type: ``q4_0`` or ``q2_0``, for rows that are not whole 256-blocks.
         tokenizer_dir: folder with ``tokenizer.json`` (byte-level BPE), written into the metadata.
 

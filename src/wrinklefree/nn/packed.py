@@ -109,6 +109,7 @@ class PackedBitLinear(nn.Module):
         sub_norm: SubLN | None = None,
         quantize_activations: bool = True,
         kernel: str = "2bit",
+        onednn: bool = True,
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
@@ -120,7 +121,8 @@ class PackedBitLinear(nn.Module):
         self.out_features = out_features
         self.kernel = kernel
         self.record: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # tests: int8 inputs
-        self.onednn = onednn_prepack(packed.t()) if kernel == "int8" else None
+        use_onednn = kernel == "int8" and onednn
+        self.onednn = onednn_prepack(packed.t().contiguous()) if use_onednn else None
         self._unit = _unit_scales(out_features) if self.onednn is not None else None
         # int8 (in, out) or 2-bit uint8 (out, in / 4); with oneDNN only its packed copy is kept
         # (an opaque tensor: not a buffer, so not in state_dict; rebuild with pack_model)
@@ -131,8 +133,10 @@ class PackedBitLinear(nn.Module):
         self.quantize_activations = quantize_activations
 
     @classmethod
-    def from_bitlinear(cls, layer: BitLinear, kernel: str = "2bit") -> PackedBitLinear:
-        """Pack a fully quantized BitLinear (lambda = 1); its SubLN and bias are kept."""
+    def from_bitlinear(cls, layer: BitLinear, kernel: str = "2bit", *,
+                       onednn: bool = True) -> PackedBitLinear:
+        """Pack a fully quantized BitLinear (lambda = 1); its SubLN and bias are kept.
+        ``onednn=False`` keeps the int8 kernel on ``torch._int_mm`` (traceable by torch.compile)."""
         if layer.quant_lambda != 1.0:
             raise ValueError(
                 f"cannot pack a BitLinear at lambda={layer.quant_lambda:g}: only the fully "
@@ -150,6 +154,7 @@ class PackedBitLinear(nn.Module):
             sub_norm=layer.sub_norm,
             quantize_activations=layer.quantize_activations,
             kernel=kernel,
+            onednn=onednn,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
@@ -197,11 +202,12 @@ class PackedBitLinear(nn.Module):
         )
 
 
-def pack_model(model: nn.Module, kernel: str = "int8") -> nn.Module:
+def pack_model(model: nn.Module, kernel: str = "int8", *, onednn: bool = True) -> nn.Module:
     """Replace every BitLinear of ``model`` by a PackedBitLinear in place; returns the model.
 
     ``kernel``: ``int8`` (fast; layers without activation quantization take ``2bit``) or
-    ``2bit`` (smallest). See the module docstring.
+    ``2bit`` (smallest). See the module docstring. ``onednn=False``: int8 via ``torch._int_mm``,
+    which ``torch.compile`` can trace (:mod:`wrinklefree.compiled`).
 
     Raises ValueError (from :func:`wrinklefree.export.pack.check_exportable`) for an unconverted
     model, a layer below lambda = 1, or a variant that is not codes * scale (Haar, Hadamard, LRC).
@@ -210,7 +216,7 @@ def pack_model(model: nn.Module, kernel: str = "int8") -> nn.Module:
         parent, _, child = name.rpartition(".")
         layer_kernel = kernel if layer.quantize_activations else "2bit"
         setattr(model.get_submodule(parent) if parent else model, child,
-                PackedBitLinear.from_bitlinear(layer, layer_kernel))
+                PackedBitLinear.from_bitlinear(layer, layer_kernel, onednn=onednn))
     return model
 
 

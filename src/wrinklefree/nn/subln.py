@@ -6,6 +6,38 @@ import torch
 import torch.nn as nn
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """:func:`rms_norm` with a hand-written backward: 4 element-wise passes instead of autograd's
+    ~9 (pow, mean, rsqrt, two products and their gradients), the same values.
+
+    With y = g ⊙ x̂, x̂ = x·r, r = (mean(x²) + eps)^(-1/2) (Zhang & Sennrich 2019, Eq. 4):
+    dL/dg = Σ_tokens dy ⊙ x̂ and dL/dx = r · (dx̂ - x̂ · mean(dx̂ ⊙ x̂)) with dx̂ = dy ⊙ g.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x_hat, r = _normalize(x, eps)
+        ctx.save_for_backward(x_hat, r, weight)
+        ctx.x_dtype = x.dtype
+        return weight * x_hat.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x_hat, r, weight = ctx.saved_tensors
+        grad_x_hat = grad_y.float() * weight.float()  # (..., d)
+        grad_w = (grad_y.float() * x_hat).sum(tuple(range(grad_y.dim() - 1)))  # (d,)
+        dot = (grad_x_hat * x_hat).mean(-1, keepdim=True)  # (..., 1)
+        grad_x = torch.addcmul(grad_x_hat, x_hat, dot, value=-1.0).mul_(r)
+        return grad_x.to(ctx.x_dtype), grad_w.to(weight.dtype), None
+
+
+def _normalize(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂ = x / sqrt(mean(x²) + eps) in float32 and r = 1 / sqrt(mean(x²) + eps), (..., 1)."""
+    xf = x.float()
+    r = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return xf * r, r
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm y = x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019, Eq. 4).
 
@@ -13,9 +45,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     exactly as transformers' ``LlamaRMSNorm`` / ``BitNetRMSNorm`` do, so an exported model
     reproduces these values bit for bit in any dtype.
     """
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _RMSNormFunction.apply(x, weight, eps)
+    x_hat, _ = _normalize(x, eps)
+    return weight * x_hat.to(x.dtype)
 
 
 class SubLN(nn.Module):

@@ -162,14 +162,6 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(path)
 
 
-@torch.no_grad()
-def greedy_sample(model, tokenizer, prompt: str, new_tokens: int) -> str:
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
-    out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-
 def _evaluate(model, tokenizer, cfg: DictConfig,
               windows: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Perplexity per evaluation domain, greedy samples and their degeneration (eval/report.py)."""
