@@ -4,8 +4,9 @@ Why: at batch 1 on CPU a decode step of a small model is mostly per-token Python
 overhead of the transformers decoder, not matmul time (SmolLM2-135M: ~65 ms per token, of which the
 int8 ternary matmuls are a fraction). A static cache (fixed shapes) lets inductor compile the whole
 step into one graph: measured on SmolLM2-135M packed int8 (``_int_mm`` kernel), 1 thread: 17.3
-tok/s eager -> 53.3 tok/s compiled, after a one-off compile of ~4 minutes on a loaded 2-core machine
-(docs/benchmarks.md). Worth it for long generations and servers, not for a 30-token answer.
+tok/s eager -> 53.3 tok/s compiled (fp32: 16.4 -> 17.8), after a one-off compile of ~4 minutes on
+a loaded 2-core machine (docs/generate.md). Worth it for long generations and servers, not for a
+30-token answer.
 
 oneDNN's pre-packed int8 weights are opaque tensors inductor cannot trace, so compile a model
 packed with ``pack_model(model, kernel="int8", onednn=False)`` (``torch._int_mm``), or an fp32 or
