@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wrinklefree.data.heldout import heldout_windows
+from wrinklefree.eval.elbo import block_masked_elbo
 from wrinklefree.eval.perplexity import mean_nll
 from wrinklefree.generate import (
     DecodeStats,
@@ -46,7 +47,6 @@ from wrinklefree.generate import (
     resolve_source,
 )
 from wrinklefree.models import load_model
-from wrinklefree.objectives.block_diffusion import block_masked_elbo
 
 DEFAULT_THRESHOLDS = (0.9, 0.7, 0.5)
 

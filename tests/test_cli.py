@@ -23,6 +23,20 @@ def test_bench_passes_its_arguments(capsys):
     assert "--model" in capsys.readouterr().out
 
 
+
+def test_train_help_lists_every_training_and_data_preset(capsys):
+    """The help names presets by hand: a preset added to configs/ must be added there too."""
+    from wrinklefree.cli import config_dir
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for group in ("training", "data"):
+        for preset in sorted((config_dir() / group).glob("*.yaml")):
+            assert preset.stem in out, f"wf train --help lacks {group}={preset.stem}"
+    assert "overwrite=true" in out and "resume=auto" in out and "report.json" in out
+
 def test_convert_missing_path_is_a_clear_error(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["info", str(tmp_path / "missing" / "model")])

@@ -313,6 +313,70 @@ def test_cli_packed_generation_matches_the_fake_quant_model(tmp_path, gpt2_token
     assert gpt2_tokenizer.decode(expected, skip_special_tokens=True) in capsys.readouterr().out
 
 
+
+def save_tiny_dlm(path, tokenizer) -> LlamaForCausalLM:
+    """A tiny random GPT-2-vocabulary Llama with a DLM mask token (an id it seldom predicts), as
+    `wf generate --mode dlm` loads a DLM student: the decoding, not the training, is under test."""
+    model = tiny_llama(vocab_size=len(tokenizer), seed=1)
+    model.config.mask_token_id = len(tokenizer) - 2
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model
+
+
+def test_cli_dlm_samples_with_the_seed(tmp_path, gpt2_tokenizer, capsys):
+    model = save_tiny_dlm(tmp_path, gpt2_tokenizer)
+    ids = encode_prompt(gpt2_tokenizer, "In the beginning")
+    eos = eos_token_ids(model, gpt2_tokenizer)
+
+    def library(**sampling):
+        return gpt2_tokenizer.decode(collect(generate_block_diffusion(
+            model, ids, mask_token_id=model.config.mask_token_id, max_new_tokens=10,
+            block_size=4, eos_token_id=eos, **sampling)), skip_special_tokens=True)
+
+    def cli(*flags):
+        main(["generate", str(tmp_path), "--mode", "dlm", "--prompt", "In the beginning",
+              "--max-new-tokens", "10", "--block-size", "4", *flags])
+        return capsys.readouterr().out
+
+    sampled = library(temperature=1.5, top_p=0.9, seed=7)
+    assert sampled != library()  # sampling reaches the decoder: not the greedy text
+    flags = ["--temperature", "1.5", "--top-p", "0.9", "--seed", "7"]
+    assert sampled in cli(*flags)
+    assert cli(*flags) == cli(*flags)
+
+
+def test_cli_compile_gives_the_eager_greedy_tokens(tmp_path, gpt2_tokenizer, capsys,
+                                                   monkeypatch):
+    """--compile is wired (static cache, _int_mm packing); torch.compile is replaced by the
+    identity, since inductor costs minutes (the compiled graph is measured in docs/generate.md)."""
+    import wrinklefree.nn.packed as packed
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(kw) or fn)
+    prepacks = []
+    real_prepack = packed.onednn_prepack
+    monkeypatch.setattr(packed, "onednn_prepack",
+                        lambda codes: prepacks.append(1) or real_prepack(codes))
+    model = convert_model_to_bitnet(tiny_llama(vocab_size=len(gpt2_tokenizer), seed=3),
+                                    calibrate=False)
+    model.save_pretrained(tmp_path)
+    gpt2_tokenizer.save_pretrained(tmp_path)
+    args = ["generate", str(tmp_path), "--packed", "--prompt", "In the beginning",
+            "--max-new-tokens", "6"]
+    main(args)
+    eager = capsys.readouterr().out
+    n_eager = len(prepacks)
+    assert n_eager > 0  # eager --packed takes oneDNN's pre-packed weights where it can
+    main([*args, "--compile"])
+    assert capsys.readouterr().out == eager
+    assert compiled == [{"backend": "inductor", "dynamic": False}]
+    assert len(prepacks) == n_eager  # the compiled run packed no weight for oneDNN
+    with pytest.raises(SystemExit):
+        main([*args, "--compile", "--mode", "dlm"])
+    assert "--compile applies to --mode ar" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_smollm2_chat_answer_streams_and_stops_at_eos():
     from wrinklefree.generate import load_for_generation

@@ -10,9 +10,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wrinklefree.errors import UserInputError
+
+if TYPE_CHECKING:  # torch loads only in the commands that need it
+    import torch
+    import torch.nn as nn
+
+    from wrinklefree.generate import DecodeStats
 
 EMBEDDED_HELP = (
     "'smollm2' (the embedded SmolLM2-135M-Instruct), a .gguf file, a HF folder or hub id"
@@ -54,57 +62,71 @@ def cmd_generate(args: argparse.Namespace) -> None:
         DecodeStats,
         encode_prompt,
         eos_token_ids,
-        generate_ar,
-        generate_block_diffusion,
         load_for_generation,
-        mask_token_id_of,
         stream_text,
     )
     from wrinklefree.models import check_context
 
-    if args.mode == "dlm" and (args.temperature != 0.0 or args.top_p != 1.0):
-        raise ValueError("--temperature/--top-p apply to --mode ar; block diffusion commits the "
-                         "most confident (greedy) tokens")
+    if args.compile and args.mode != "ar":
+        raise ValueError("--compile applies to --mode ar (a static-shape decode step); drop "
+                         "--compile for --mode dlm")
     if _runs_in_llamacpp(args):
         _generate_llamacpp(args)
         return
-    model, tokenizer = load_for_generation(args.src, packed=args.packed)
+    # oneDNN's pre-packed weights are opaque to torch.compile: compile packs for torch._int_mm
+    model, tokenizer = load_for_generation(args.src, packed=args.packed,
+                                           onednn=not args.compile)
     prompt = sys.stdin.read() if args.prompt is None else args.prompt
     ids = encode_prompt(tokenizer, prompt, chat=args.chat)
     check_context(model, ids.shape[1] + args.max_new_tokens,
                   f"the prompt ({ids.shape[1]}) + --max-new-tokens ({args.max_new_tokens})",
                   "shorten the prompt or lower --max-new-tokens")
-    stats, eos = DecodeStats(), eos_token_ids(model, tokenizer)
-    if args.mode == "ar":
-        chunks = generate_ar(model, ids, max_new_tokens=args.max_new_tokens,
-                             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                             eos_token_id=eos, stats=stats)
-    else:
-        chunks = generate_block_diffusion(
-            model, ids, mask_token_id=mask_token_id_of(model, tokenizer),
-            max_new_tokens=args.max_new_tokens, block_size=args.block_size,
-            threshold=args.threshold, max_steps=args.max_steps, eos_token_id=eos, stats=stats,
-        )
+    stats = DecodeStats()
+    chunks = _decoder(args, model, ids, eos_token_ids(model, tokenizer),
+                      tokenizer=tokenizer, stats=stats)
     start = time.perf_counter()
     for piece in stream_text(tokenizer, chunks):
         print(piece, end="", flush=True)
     seconds = time.perf_counter() - start
     print()
+    compiled = " and the compilation" if args.compile else ""
     print(f"[{stats.new_tokens} tokens in {seconds:.2f} s ({stats.new_tokens / seconds:.1f} tok/s "
-          f"incl. the prompt), {stats.model_calls} decoding forward passes]", file=sys.stderr)
+          f"incl. the prompt{compiled}), {stats.model_calls} decoding forward passes]",
+          file=sys.stderr)
+
+
+def _decoder(args: argparse.Namespace, model: nn.Module, ids: torch.Tensor, eos: set[int], *,
+             tokenizer, stats: DecodeStats) -> Iterator[list[int]]:
+    """The token-chunk generator ``wf generate`` streams: AR (eager, or with --compile a static
+    KV cache and a compiled decode step) or block diffusion, all with the same sampling flags."""
+    from wrinklefree.generate import generate_ar, generate_block_diffusion, mask_token_id_of
+
+    sampling = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
+                "eos_token_id": eos, "stats": stats}
+    if args.mode == "dlm":
+        return generate_block_diffusion(
+            model, ids, mask_token_id=mask_token_id_of(model, tokenizer),
+            max_new_tokens=args.max_new_tokens, block_size=args.block_size,
+            threshold=args.threshold, max_steps=args.max_steps, **sampling)
+    if args.compile:
+        from wrinklefree.compiled import generate_ar_compiled
+
+        return generate_ar_compiled(model, ids, max_new_tokens=args.max_new_tokens, **sampling)
+    return generate_ar(model, ids, max_new_tokens=args.max_new_tokens, **sampling)
 
 
 def _runs_in_llamacpp(args: argparse.Namespace) -> bool:
     """--backend auto: a .gguf file runs in llama.cpp unless it needs a PyTorch-only feature
-    (block diffusion, --packed)."""
+    (block diffusion, --packed, --compile)."""
     from wrinklefree.llamacpp import is_gguf
 
+    torch_only = args.mode == "dlm" or args.packed or args.compile
     if args.backend == "llamacpp":
-        if args.mode == "dlm" or args.packed:
-            raise ValueError("--backend llamacpp runs autoregressive decoding only; drop --mode "
-                             "dlm / --packed, or use --backend torch")
+        if torch_only:
+            raise ValueError("--backend llamacpp runs eager autoregressive decoding only; drop "
+                             "--mode dlm / --packed / --compile, or use --backend torch")
         return True
-    return args.backend == "auto" and args.mode == "ar" and not args.packed and is_gguf(args.src)
+    return args.backend == "auto" and not torch_only and is_gguf(args.src)
 
 
 def _generate_llamacpp(args: argparse.Namespace) -> None:
@@ -403,14 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train with Hydra-composed configs from configs/. Choose presets with "
         "GROUP=NAME and change values with KEY=VALUE.\n\n"
-        "groups: training (demo, stage1_subln, stage2_pretrain, stage3_distill, dlm_distill, tcs,\n"
-        "        lrc_calibration, lrc_dlm_influence), model (smollm2_local, smollm2_135m,\n"
-        "        qwen3_0.6b, ...), data (asv, local_files, ...), objectives, trainer (cpu,\n"
-        "        single_gpu, ddp, fsdp)\n\n"
+        "groups: training (demo, dlm_demo, stage1_subln, stage2_pretrain, stage3_distill,\n"
+        "        dlm_distill, tcs, lrc_calibration, lrc_dlm_influence), model (smollm2_local,\n"
+        "        smollm2_135m, qwen3_0.6b, ...), data (asv, asv_teacher_mix, teacher_samples,\n"
+        "        local_files, fineweb_edu), objectives, trainer (cpu, single_gpu, ddp, fsdp)\n\n"
+        "A run ends with a table of the teacher, the converted and the trained student:\n"
+        "perplexity on two domains (held-out ASV and general English, never trained on), the\n"
+        "ratio to the teacher per domain, and greedy samples with their rep-4 / distinct-2\n"
+        "(also in RUN_DIR/report.json; see docs/training.md).\n\n"
         "examples:\n"
         "  wf train                                   # the demo (~10 CPU minutes)\n"
         "  wf train training=stage3_distill training.max_steps=200\n"
-        "  wf train run_dir=runs/a resume=auto          # continue after a crash\n"
+        "  wf train data=asv_teacher_mix              # half ASV, half the teacher's own samples\n"
+        "  wf train run_dir=runs/a resume=auto        # continue after a crash\n"
+        "  wf train run_dir=runs/a overwrite=true     # replace the run already in runs/a\n"
         "  wf train --print-config training=dlm_distill")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
     p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
@@ -441,10 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--packed", action="store_true",
                    help="converted models: ternary weights as int8 codes multiplied with int8 "
-                   "activations (torch._int_mm): faster than fp32, 4x less weight memory")
-    p.add_argument("--temperature", type=float, default=0.0, help="ar: 0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0, help="ar: nucleus sampling mass")
-    p.add_argument("--seed", type=int, default=None, help="ar: sampling seed")
+                   "activations (oneDNN, else torch._int_mm): faster than fp32, 4x less weight "
+                   "memory")
+    p.add_argument("--compile", action="store_true",
+                   help="ar, PyTorch: static KV cache + torch.compile of the decode step; the "
+                   "compile costs minutes once per run (100-250 s on 2 CPU cores) and pays for "
+                   "long generations (SmolLM2-135M --packed: ~3x the eager tok/s)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); dlm: per masked position")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--block-size", type=int, default=32, help="dlm: tokens per block")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="dlm: unmask positions whose confidence exceeds this (>1: one per step)")

@@ -50,11 +50,14 @@ def resolve_source(src: str) -> str:
     return resolve(src)
 
 
-def load_for_generation(src: str, *, packed: bool = False) -> tuple[nn.Module, object]:
+def load_for_generation(src: str, *, packed: bool = False,
+                        onednn: bool = True) -> tuple[nn.Module, object]:
     """Model (eval mode) and tokenizer from a run folder or anything ``load_model`` accepts.
 
     ``packed=True`` replaces every BitLinear by a :class:`PackedBitLinear` (int8 codes, int8
-    activations, ``torch._int_mm``: faster than fp32 at 4x less linear-weight memory).
+    activations: faster than fp32 at 4x less linear-weight memory), on oneDNN's pre-packed
+    weights, or with ``onednn=False`` on ``torch._int_mm``, which ``torch.compile`` can trace
+    (:mod:`wrinklefree.compiled`).
     """
     from wrinklefree.models import load_model, load_tokenizer
 
@@ -63,7 +66,7 @@ def load_for_generation(src: str, *, packed: bool = False) -> tuple[nn.Module, o
     if packed:
         from wrinklefree.nn.packed import pack_model
 
-        pack_model(model)
+        pack_model(model, onednn=onednn)
     return model, load_tokenizer(src)
 
 

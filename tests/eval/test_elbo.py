@@ -4,11 +4,19 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from wrinklefree.eval.elbo import masked_elbo, masked_nll_sum, stratified_rates
+from wrinklefree.eval.elbo import (
+    block_elbo_terms,
+    block_masked_elbo,
+    masked_elbo,
+    masked_nll_sum,
+    stratified_rates,
+)
 from wrinklefree.objectives import add_mask_token
 
 LN2 = math.log(2)
@@ -66,3 +74,47 @@ def test_same_seed_same_estimate(gpt2_tokenizer, save_tiny, tmp_path):
 def test_needs_a_mask_token(stub):
     with pytest.raises(ValueError, match="mask token"):
         masked_elbo(stub, WINDOW, None)
+
+
+# ----------------------------------------------------------------------------- block diffusion
+
+
+class Uniform(torch.nn.Module):
+    """Logits 0 everywhere: every token costs ln V, whatever the attention."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(_attn_implementation="sdpa")
+
+    def forward(self, input_ids, **kwargs):
+        return CausalLMOutputWithPast(logits=torch.zeros(*input_ids.shape, self.vocab))
+
+
+def test_block_elbo_terms_by_hand():
+    windows = torch.tensor([[1, 2, 3, 4, 5, 6]])  # blocks of 3: positions 3 opens block 1
+    mask = torch.tensor([[False, True, True, False, True, False]])
+    ar, diffusion = block_elbo_terms(Uniform(8), windows, mask, torch.tensor([0.5]), 7, 3)
+    assert ar.item() == pytest.approx(math.log(8))  # one block-opening token (position 3)
+    assert diffusion.item() == pytest.approx(3 * math.log(8) / 0.5)  # 3 masked, 1/t = 2
+    with pytest.raises(ValueError, match="block-opening"):
+        block_elbo_terms(Uniform(8), windows, torch.tensor([[False] * 3 + [True] + [False] * 2]),
+                         torch.tensor([0.5]), 7, 3)
+
+
+def test_block_elbo_of_a_uniform_model_is_about_ln_v():
+    # E[(1/t)·#masked] = #maskable, so the bound is ≈ ln V per token (Monte-Carlo)
+    windows = torch.randint(0, 7, (4, 33), generator=torch.Generator().manual_seed(0))
+    value = block_masked_elbo(Uniform(8), windows, 7, 4, num_samples=64, batch_size=4)
+    assert value == pytest.approx(math.log(8), rel=0.1)
+
+
+def test_one_block_per_window_is_the_plain_bound_with_the_same_masks():
+    """A block as long as the window has no block-opening token but position 0: both bounds
+    draw the same rates and masks from one seed, so they agree to float rounding."""
+    windows = torch.randint(0, 7, (3, 9), generator=torch.Generator().manual_seed(2))
+    options = {"num_samples": 4, "batch_size": 2, "seed": 5}
+    block = block_masked_elbo(Uniform(8), windows, 7, 9, **options)
+    assert block == pytest.approx(masked_elbo(Uniform(8), windows, 7, **options), rel=1e-6)
+    assert block != pytest.approx(math.log(8), rel=1e-3)  # a Monte-Carlo value, not the mean

@@ -2,20 +2,16 @@
 plain causal forward, noisy blocks see only their block and earlier clean blocks, run_model's
 views, unsupported attention is refused, and the block ELBO by hand."""
 
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 from tiny_models import tiny_model
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from wrinklefree.objectives import DLMObjective, Requirements, run_model
 from wrinklefree.objectives.block_diffusion import (
     block_diffusion_forward,
     block_diffusion_mask,
-    block_elbo_terms,
-    block_masked_elbo,
     check_layout_support,
     document_ids,
 )
@@ -142,34 +138,3 @@ def test_unsupported_attention_is_refused_with_the_fix():
     check_layout_support(window, 8)
     with pytest.raises(ValueError, match="at most 8 tokens"):
         check_layout_support(window, 9)
-
-
-class Uniform(torch.nn.Module):
-    """Logits 0 everywhere: every token costs ln V, whatever the attention."""
-
-    def __init__(self, vocab: int) -> None:
-        super().__init__()
-        self.vocab = vocab
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.config = SimpleNamespace(_attn_implementation="sdpa")
-
-    def forward(self, input_ids, **kwargs):
-        return CausalLMOutputWithPast(logits=torch.zeros(*input_ids.shape, self.vocab))
-
-
-def test_block_elbo_terms_by_hand():
-    windows = torch.tensor([[1, 2, 3, 4, 5, 6]])  # blocks of 3: positions 3 opens block 1
-    mask = torch.tensor([[False, True, True, False, True, False]])
-    ar, diffusion = block_elbo_terms(Uniform(8), windows, mask, torch.tensor([0.5]), 7, 3)
-    assert ar.item() == pytest.approx(math.log(8))  # one block-opening token (position 3)
-    assert diffusion.item() == pytest.approx(3 * math.log(8) / 0.5)  # 3 masked, 1/t = 2
-    with pytest.raises(ValueError, match="block-opening"):
-        block_elbo_terms(Uniform(8), windows, torch.tensor([[False] * 3 + [True] + [False] * 2]),
-                         torch.tensor([0.5]), 7, 3)
-
-
-def test_block_elbo_of_a_uniform_model_is_about_ln_v():
-    # E[(1/t)·#masked] = #maskable, so the bound is ≈ ln V per token (Monte-Carlo)
-    windows = torch.randint(0, 7, (4, 33), generator=torch.Generator().manual_seed(0))
-    value = block_masked_elbo(Uniform(8), windows, 7, 4, num_samples=64, batch_size=4)
-    assert value == pytest.approx(math.log(8), rel=0.1)

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -177,88 +176,3 @@ def block_diffusion_forward(
         out.attentions = tuple(a[..., :length, :length] for a in out.attentions)
     out.view_length = length
     return out
-
-
-# ----------------------------------------------------------------------------- likelihood
-
-
-def block_opening(position_ids: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(B, L) bool: tokens that open a block (position % block_size == 0) other than a
-    document's first token: the decoder predicts them autoregressively from the clean prefix."""
-    return (position_ids % block_size == 0) & (position_ids > 0)
-
-
-@torch.no_grad()
-def block_elbo_terms(
-    model: nn.Module,
-    windows: torch.Tensor,
-    mask: torch.Tensor,
-    rate: torch.Tensor,
-    mask_token_id: int,
-    block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per window (B,): the AR NLL of the block-opening tokens and the 1/t-weighted masked CE.
-
-    windows (B, L) clean tokens (one document each, positions 0..L-1), mask (B, L) True where
-    masked (never position 0 nor a block-opening token), rate (B,) the mask rate t.
-    """
-    positions = default_positions(windows)
-    if (mask & ((positions % block_size) == 0)).any():
-        raise ValueError("block-opening tokens (position % block_size == 0) cannot be masked: "
-                         "the decoder predicts them autoregressively")
-    noisy = windows.masked_fill(mask, mask_token_id)  # x_t
-    out = block_diffusion_forward(model, windows, noisy, block_size, position_ids=positions)
-    targets = windows[:, 1:]  # token shift: the logits at i-1 score token i
-    ar = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
-    masked = F.cross_entropy(out.dlm_logits[:, :-1].float().transpose(1, 2), targets,
-                             reduction="none")  # (B, L-1)
-    opening = block_opening(positions, block_size)[:, 1:]
-    # Fast-dLLM v2 factorisation: AR for block-opening tokens, masked diffusion for the rest of
-    # each block (LLaDA, arXiv 2502.09992, Eq. 3: (1/t) Σ_masked -log p(x_i | x_t))
-    return (ar * opening).sum(-1), (masked * mask[:, 1:]).sum(-1) / rate
-
-
-@torch.no_grad()
-def block_masked_elbo(
-    model: nn.Module,
-    windows: torch.Tensor,
-    mask_token_id: int,
-    block_size: int,
-    *,
-    num_samples: int = 8,
-    eps: float = 1e-3,
-    batch_size: int = 4,
-    seed: int = 0,
-) -> float:
-    """Negative ELBO of a block-diffusion student, nats per token (an upper bound on its NLL).
-
-    The decoder's factorisation: each block-opening token autoregressively from the clean prefix,
-    the rest of each block by masked diffusion given the block's first token and the clean
-    previous blocks, so -log p(x) <= Σ_opening -log p_AR(x_i | x_<i) + E_t[(1/t) Σ_masked
-    -log p(x_i | x_t, clean previous blocks)] (MDLM, arXiv 2406.07524; LLaDA Eq. 3), with
-    ``num_samples`` stratified t ~ U[eps, 1) per window. It covers the same L-1 tokens per window
-    as the AR NLL of :func:`wrinklefree.eval.perplexity.mean_nll`.
-    """
-    if num_samples < 1 or not 0.0 < eps < 1.0:
-        raise ValueError(f"need num_samples >= 1 and 0 < eps < 1, got {num_samples}, {eps}")
-    if windows.shape[1] < 2:
-        raise ValueError(f"windows need at least 2 tokens, got {windows.shape[1]}")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    positions = default_positions(windows)
-    maskable = (positions % block_size != 0)  # (N, L): not position 0, not block-opening
-    total = 0.0
-    for chunk, can_mask in zip(windows.split(batch_size), maskable.split(batch_size),
-                               strict=True):
-        u = torch.rand(num_samples, generator=generator)
-        rates = eps + (1 - eps) * (torch.arange(num_samples) + u) / num_samples  # stratified
-        for k, t in enumerate(rates):
-            mask = (torch.rand(chunk.shape, generator=generator) < t) & can_mask  # (B, L)
-            ar, diffusion = block_elbo_terms(model, chunk.to(device), mask.to(device),
-                                             t.expand(chunk.shape[0]).to(device), mask_token_id,
-                                             block_size)
-            total += float(diffusion.sum()) / num_samples + (float(ar.sum()) if k == 0 else 0.0)
-    model.train(was_training)
-    return total / (windows.shape[0] * (windows.shape[1] - 1))
