@@ -268,7 +268,7 @@ def test_runs_print_the_folder_first_and_no_noise(tiny_config, capfd, caplog, re
     out, err = capfd.readouterr()
     assert out.startswith(f"run folder: {run_dir}\n"), out[:200]
     text = out + err + caplog.text + "\n".join(str(w.message) for w in recwarn)
-    for noise in ("weights_only", "💡", "Tip:", "v_num", "Checkpoint directory"):
+    for noise in ("weights_only", "💡", "Tip:", "v_num", "Checkpoint directory", "LeafSpec"):
         assert noise not in text, noise
 
 

@@ -283,10 +283,13 @@ class _DropTips(logging.Filter):
 
 
 def _quiet_lightning() -> None:
-    """Silence Lightning's tips (once per process)."""
+    """Silence Lightning's tips and its own internal deprecation notice (once per process):
+    neither is about the user's run."""
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTips) for f in rank_zero_log.filters):
         rank_zero_log.addFilter(_DropTips())
+    # lightning 2.6.6 against torch 2.13: its pytree helper uses a deprecated torch check
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def _progress_bar():
