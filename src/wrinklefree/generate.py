@@ -348,7 +348,7 @@ def _denoise_block(
             return
         logits = model(input_ids=block, past_key_values=cache, use_cache=True,
                        attention_mask=attention).logits[0]  # (S, V)
-        cache.crop(past)  # drop the block's keys/values: only committed text stays cached
+        cache.crop(-size)  # drop the block's keys/values: only committed text stays cached
         stats.model_calls += 1
         pred = logits[:-1]  # (S-1, V): token shift, the logits at j - 1 predict position j
         if check_dlm and step == 0:
