@@ -247,7 +247,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     if total_steps % cfg.training.checkpoint_every:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        # a full training state (optimizer, loops) for resume=auto; loads use weights_only=True
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if world > 1 and not is_sharded(student):  # replicas (ddp); fsdp ranks hold shards
         report["ddp_weight_checksums"] = _rank_checksums(trainer, student)
     student = gathered_student(student, trainer.strategy.root_device)  # fsdp: one whole copy
