@@ -17,7 +17,7 @@ import torch
 from wrinklefree.eval.degeneration import degeneration
 from wrinklefree.eval.perplexity import perplexity
 
-ROWS = ("teacher", "converted", "trained")
+ROWS = ("teacher", "converted", "reconstructed", "trained")
 NO_TEACHER = ("teacher not evaluated (training.eval_before=false, model.teacher=null or a resumed "
               "run): no ratios to the teacher")
 
@@ -88,9 +88,10 @@ def format_report(report: dict[str, Any]) -> str:
     if "teacher" not in report:
         lines.append(NO_TEACHER)
     lines.append("greedy samples:")
+    label = max(len(row) for row in rows)
     for row in rows:
         for s in report[row].get("samples", []):
-            lines.append(f"  {row:<9} {s['prompt']!r} -> {s['text']!r}")
+            lines.append(f"  {row:<{label}} {s['prompt']!r} -> {s['text']!r}")
     return "\n".join(lines)
 
 

@@ -58,6 +58,15 @@ class ZClipConfig:
 
 
 @dataclass
+class ReconstructConfig:
+    """Layer-by-layer reconstruction before end-to-end training (train/reconstruct.py)."""
+
+    epochs: int = 0  # passes over the calibration batches per decoder layer; 0 = skip the stage
+    batches: int = 8  # calibration batches of training.batch_size windows, from the train data
+    lr: float = 1e-3  # AdamW per layer, cosine to lr/10
+
+
+@dataclass
 class TrainingConfig:
     max_steps: int | None = 100
     max_tokens: int | None = None  # if set, overrides max_steps
@@ -73,6 +82,7 @@ class TrainingConfig:
     decay_ratio: float = 0.2  # wsd: fraction of training spent decaying
     quant_lambda: LambdaConfig = field(default_factory=LambdaConfig)
     zclip: ZClipConfig = field(default_factory=ZClipConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     val_every: int = 50
     val_windows: int = 8
     checkpoint_every: int = 50
@@ -318,6 +328,9 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("training.quant_lambda.end", _unit, "a number in [0, 1] (1 = ternary)"),
     ("training.quant_lambda.warmup_steps", _at_least(0), "an integer >= 0"),
     ("training.sample_tokens", _at_least(0), "an integer >= 0"),
+    ("training.reconstruct.epochs", _at_least(0), "an integer >= 0 (0 = no reconstruction)"),
+    ("training.reconstruct.batches", _at_least(1), "an integer >= 1"),
+    ("training.reconstruct.lr", lambda v: v > 0 and math.isfinite(v), "a number > 0"),
     ("model.calibration_batches", _at_least(0), "an integer >= 0 (0 = SubLN gains of 1)"),
     ("model.convert.quant_lambda", _unit, "a number in [0, 1]"),
     ("model.dtype", lambda v: v in ("float32", "bfloat16", "float16"),

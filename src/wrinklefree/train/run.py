@@ -25,6 +25,7 @@ from wrinklefree.data.influence import InfluenceRemixer, build_probe_batch
 from wrinklefree.data.mixture import build_train_stream, build_val_windows
 from wrinklefree.data.packing import collate
 from wrinklefree.data.sources import source_files
+from wrinklefree.errors import UserInputError
 from wrinklefree.eval.report import evaluate_model, format_report, ratios_to_teacher
 from wrinklefree.models import load_model, load_tokenizer
 from wrinklefree.objectives import add_mask_token, create_objective_manager
@@ -39,6 +40,7 @@ from wrinklefree.train.checkpoint import (
 )
 from wrinklefree.train.config import scrub_secrets, validate
 from wrinklefree.train.module import BitNetModule, StreamBatches
+from wrinklefree.train.reconstruct import reconstruct_layers
 from wrinklefree.train.scale import gathered_student, is_sharded
 
 log = logging.getLogger("wrinklefree.train")
@@ -228,6 +230,14 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
         report["converted"] = _evaluate(student, tokenizer, cfg, eval_windows)
         _print_row("converted student (no training)", report["converted"])
 
+    if cfg.training.reconstruct.epochs > 0 and resume is None:
+        report["reconstruction_errors"] = _reconstruct(student, teacher, tokenizer, cfg, data_cfg,
+                                                       trainer.strategy.root_device)
+        if cfg.training.eval_before and rank == 0:
+            set_quant_lambda(student, cfg.training.quant_lambda.end)
+            report["reconstructed"] = _evaluate(student, tokenizer, cfg, eval_windows)
+            _print_row("reconstructed student (layer by layer)", report["reconstructed"])
+
     if total_steps == 0:  # convert only (stage 1)
         return _finish(run_dir, student, tokenizer, cfg, eval_windows, report)
     apply_trainer_options(student, cfg)
@@ -258,6 +268,27 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
         # each rank leaves cleanly: gloo can abort (SIGABRT) at interpreter exit otherwise
         torch.distributed.destroy_process_group()
     return run_dir
+
+
+def _reconstruct(student, teacher: Teacher | None, tokenizer, cfg: DictConfig, data_cfg,
+                 device: torch.device) -> list[float]:
+    """Layer-by-layer reconstruction from the teacher on the first training batches (every rank
+    computes the same thing from the same batches, so replicas stay identical)."""
+    if teacher is None:
+        raise UserInputError("training.reconstruct.epochs > 0 needs a teacher: set model.teacher "
+                             "(e.g. model.teacher=source) or training.reconstruct.epochs=0")
+    options = cfg.training.reconstruct
+    # fully ternary while reconstructing: the layers learn the function they will have
+    set_quant_lambda(student, cfg.training.quant_lambda.end)
+    batches = iter(StreamBatches(build_train_stream(data_cfg, tokenizer, rank=0, world_size=1),
+                                 cfg.training.batch_size))
+    calibration = [next(batches) for _ in range(options.batches)]
+    errors = reconstruct_layers(student, teacher.model, calibration, epochs=options.epochs,
+                                lr=options.lr, device=device,
+                                progress=cfg.logging.progress_bar)
+    print(f"reconstructed {len(errors)} layers: relative output error {errors[0]:.3f} (first) "
+          f"... {errors[-1]:.3f} (last)", flush=True)
+    return errors
 
 
 def _check_data_sources(cfg: DictConfig) -> None:
