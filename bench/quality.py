@@ -21,7 +21,11 @@ ladder is cumulative, as in BitDistill (arXiv 2510.13998, Table 1 ablations):
 
 and two weight-quantization variants on top of ``ar`` (the issue's "same training budget"
 comparison): ``haar`` (ternary Haar-wavelet coefficients) and ``hadamard`` (online Hadamard
-rotation of the o_proj / down_proj inputs, BitNet v2).
+rotation of the o_proj / down_proj inputs, BitNet v2). Two recipes outside the ladder:
+
+    reconstruct  layer-by-layer reconstruction from the teacher (training.reconstruct, 6 epochs,
+                 layer lr 3e-3), then CE + logits KD at lr 3e-4 (BRECQ arXiv 2102.05426)
+    demo         + half the windows sampled from the teacher (data=demo): the training=demo recipe
 
 ``--scale cpu`` (default) is 40 steps x 4 x 128 tokens (20,480 tokens; about 45 minutes for the
 six-rung ladder on 2 CPU cores); ``--scale gpu`` is 1000 steps x 16 x 512 tokens (8.2 M tokens)
@@ -49,6 +53,8 @@ LABELS = {
     "lrc": "+ LRC 10%",
     "haar": "+ attention relation, Haar",
     "hadamard": "+ attention relation, Hadamard",
+    "reconstruct": "layer-by-layer reconstruction + logits KD, lr 3e-4",
+    "demo": "+ teacher samples (the demo recipe)",
 }
 LADDER = ["sft", "subln", "warmup", "kd", "ar", "lrc"]
 SCALES = {
@@ -62,6 +68,8 @@ SCALES = {
 def recipe_overrides(name: str, steps: int) -> list[str]:
     """The Hydra overrides of one recipe (on top of the shared budget)."""
     warmup = f"training.quant_lambda.warmup_steps={steps // 2}"
+    reconstruct = ["training.reconstruct.epochs=6", "training.reconstruct.lr=3e-3",
+                   "training.lr=3e-4"]
     recipes = {
         "sft": ["model.convert.insert_subln=false", "objectives=ce"],
         "subln": ["objectives=ce"],
@@ -71,6 +79,8 @@ def recipe_overrides(name: str, steps: int) -> list[str]:
         "lrc": ["objectives=bitdistill", warmup, "model.convert.lrc_rank=0.1"],
         "haar": ["objectives=bitdistill", warmup, "model.convert.weight_quant=haar"],
         "hadamard": ["objectives=bitdistill", warmup, "model.convert.hadamard=true"],
+        "reconstruct": ["objectives=logits_kd", *reconstruct],
+        "demo": ["objectives=logits_kd", *reconstruct, "data=demo"],
     }
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(recipes)}")
@@ -85,6 +95,9 @@ def shared_overrides(scale: str, steps: int, out: Path, name: str, seed: int = 0
         *SCALES[scale]["overrides"],
         f"training.max_steps={steps}",
         "training.lr=1e-3", "training.warmup_steps=5", "training.scheduler=cosine",
+        # every recipe starts from the plain ASV data and no reconstruction (training=demo has
+        # both since session 4); the last two recipes add them back
+        "data=asv", "training.reconstruct.epochs=0",
         f"training.val_every={steps}", f"training.checkpoint_every={steps}",
         "training.keep_last=1", "logging.progress_bar=false", "logging.tensorboard=false",
         f"data.seed={seed}", f"training.seed={seed}",

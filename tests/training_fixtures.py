@@ -57,6 +57,7 @@ def tiny_config(tiny_source, text_files, tmp_path):
             "training.val_every=1000",
             "training.sample_tokens=4",
             "training.eval_before=false",
+            "training.reconstruct.epochs=0",  # the demo's stage; tests that want it set it
             "logging.progress_bar=false",
             "logging.tensorboard=false",
             f"run_dir={tmp_path / 'run'}",

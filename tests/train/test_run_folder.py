@@ -26,6 +26,7 @@ from wrinklefree.train import run as train_run
 from wrinklefree.train.plot import read_metrics
 
 FAST = ["training.warmup_steps=0", "training.keep_last=2", "model.teacher=null",
+        "training.reconstruct.epochs=0",  # no teacher: nothing to reconstruct from
         "objectives=ce"]
 
 
