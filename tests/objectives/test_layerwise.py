@@ -41,6 +41,11 @@ def test_normalised_mse_and_cosine_on_one_layer():
         outputs([[1.0, 1.0], [2.0, 0.0]]), BATCH, outputs([[1.0, 0.0], [2.0, 0.0]])
     )
     assert mixed.loss.item() == pytest.approx(0.2)
+    # the same pair per token: token 1 (1 - 1)² + 1² over 1² = 1, token 2 0 over 4 = 0 -> 0.5
+    per_token = LayerwiseDistillObjective("mse_per_token")(
+        outputs([[1.0, 1.0], [2.0, 0.0]]), BATCH, outputs([[1.0, 0.0], [2.0, 0.0]])
+    )
+    assert per_token.loss.item() == pytest.approx(0.5)
     cosine = LayerwiseDistillObjective("cosine", layers=[0])(STUDENT, BATCH, TEACHER)
     assert cosine.loss.item() == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-6)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from wrinklefree.objectives.base import Batch, Objective, ObjectiveOutput, masked_mean, token_mask
 
-LossType = Literal["mse", "mse_normalized", "cosine"]
+LossType = Literal["mse", "mse_normalized", "mse_per_token", "cosine"]
 LayerWeights = Literal["uniform", "progressive"]
 
 
@@ -22,11 +22,16 @@ def hidden_state_loss(
 
     mse: mean over tokens and channels of (s - t)²; mse_normalized: Σ||s - t||² / Σ||t||² over
     the valid tokens (the layer's relative squared error: scale-free, and unlike a per-token ratio
-    not blown up by tokens whose teacher state is near 0); cosine: mean of 1 - cos(s, t).
+    not blown up by tokens whose teacher state is near 0); mse_per_token: mean over valid tokens of
+    ||s - t||² / ||t||² (every token weighs the same, so a few tokens carrying massive activations
+    do not dominate; for residual-stream states, never near 0); cosine: mean of 1 - cos(s, t).
     """
     s, t = student.float(), teacher.float()
     if loss_type == "mse":
         return masked_mean((s - t).pow(2).mean(-1), valid)
+    if loss_type == "mse_per_token":  # relative error per token, then averaged (no paper: ours)
+        per_token = (s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp(min=1e-12)  # (B, L)
+        return masked_mean(per_token, valid)
     if loss_type == "mse_normalized":
         error = masked_mean((s - t).pow(2).sum(-1), valid)
         return error / masked_mean(t.pow(2).sum(-1), valid).clamp(min=1e-12)
@@ -60,9 +65,10 @@ class LayerwiseDistillObjective(Objective):
         layer_weights: LayerWeights = "uniform",
         layers: list[int] | None = None,
     ) -> None:
-        if loss_type not in ("mse", "mse_normalized", "cosine"):
+        if loss_type not in ("mse", "mse_normalized", "mse_per_token", "cosine"):
             raise ValueError(
-                f"loss_type must be 'mse', 'mse_normalized' or 'cosine', got {loss_type!r}"
+                "loss_type must be 'mse', 'mse_normalized', 'mse_per_token' or 'cosine', got "
+                f"{loss_type!r}"
             )
         if layer_weights not in ("uniform", "progressive"):
             raise ValueError(

@@ -63,7 +63,7 @@ class ReconstructConfig:
 
     epochs: int = 0  # passes over the calibration batches per decoder layer; 0 = skip the stage
     batches: int = 8  # calibration batches of training.batch_size windows, from the train data
-    lr: float = 1e-3  # AdamW per layer, cosine to lr/10
+    lr: float = 3e-3  # AdamW per layer, cosine to lr/10 (docs/benchmarks.md: 1e-3, 1e-2 worse)
 
 
 @dataclass
