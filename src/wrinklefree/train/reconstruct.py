@@ -21,7 +21,6 @@ can be seen for several epochs; the end-to-end loop then starts from a working m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from wrinklefree.objectives.forward import decoder_layers
 from wrinklefree.objectives.layerwise import hidden_state_loss
+from wrinklefree.train.optim import lr_multiplier
 
 
 class _Captured(Exception):
@@ -82,8 +82,9 @@ def reconstruct_layers(
 
     Both models must have the same architecture (the student is the converted teacher). Each
     layer gets ``epochs`` passes over ``batches`` with AdamW at ``lr`` (cosine to lr/10). Both
-    models move to ``device`` (default: the student's). Returns the relative squared error of
-    each layer's output after its training, on the calibration batches (the minimised quantity).
+    models move to ``device`` (default: the student's). Returns, per layer after its training, the
+    summed relative squared error Σ||s - t||² / Σ||t||² of its output on the calibration batches
+    (a report: the minimised loss weights every token the same, see the module docstring).
     """
     if epochs <= 0:
         return []
@@ -129,7 +130,7 @@ def _fit_layer(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch
     for _ in range(epochs):
         for i in torch.randperm(len(inputs), generator=generator).tolist():
             for group in optimizer.param_groups:  # cosine from lr to lr/10 over the layer's steps
-                group["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+                group["lr"] = lr * lr_multiplier(step, "cosine", steps, warmup=0, min_ratio=0.1)
             out = _run_layer(layer, inputs[i], kwargs[i])  # (B, L, H)
             valid = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
             loss = hidden_state_loss(out, targets[i], valid, "mse_per_token")
