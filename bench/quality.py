@@ -25,7 +25,9 @@ rotation of the o_proj / down_proj inputs, BitNet v2). Two recipes outside the l
 
     reconstruct  layer-by-layer reconstruction from the teacher (training.reconstruct, 6 epochs,
                  layer lr 3e-3), then CE + logits KD at lr 3e-4 (BRECQ arXiv 2102.05426)
-    demo         + half the windows sampled from the teacher (data=demo): the training=demo recipe
+    samples      + half the windows sampled from the teacher (data=demo)
+    demo         + the first two and the last decoder layers kept in full precision
+                 (model.convert.fp_layers=[0,1,-1]): the training=demo recipe
 
 ``--scale cpu`` (default) is 40 steps x 4 x 128 tokens (20,480 tokens; about 45 minutes for the
 six-rung ladder on 2 CPU cores); ``--scale gpu`` is 1000 steps x 16 x 512 tokens (8.2 M tokens)
@@ -54,7 +56,8 @@ LABELS = {
     "haar": "+ attention relation, Haar",
     "hadamard": "+ attention relation, Hadamard",
     "reconstruct": "layer-by-layer reconstruction + logits KD, lr 3e-4",
-    "demo": "+ teacher samples (the demo recipe)",
+    "samples": "+ teacher samples",
+    "demo": "+ layers 0, 1, -1 full precision (the demo recipe)",
 }
 LADDER = ["sft", "subln", "warmup", "kd", "ar", "lrc"]
 SCALES = {
@@ -80,7 +83,9 @@ def recipe_overrides(name: str, steps: int) -> list[str]:
         "haar": ["objectives=bitdistill", warmup, "model.convert.weight_quant=haar"],
         "hadamard": ["objectives=bitdistill", warmup, "model.convert.hadamard=true"],
         "reconstruct": ["objectives=logits_kd", *reconstruct],
-        "demo": ["objectives=logits_kd", *reconstruct, "data=demo"],
+        "samples": ["objectives=logits_kd", *reconstruct, "data=demo"],
+        "demo": ["objectives=logits_kd", *reconstruct, "data=demo",
+                 "model.convert.fp_layers=[0,1,-1]"],
     }
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(recipes)}")
@@ -95,9 +100,9 @@ def shared_overrides(scale: str, steps: int, out: Path, name: str, seed: int = 0
         *SCALES[scale]["overrides"],
         f"training.max_steps={steps}",
         "training.lr=1e-3", "training.warmup_steps=5", "training.scheduler=cosine",
-        # every recipe starts from the plain ASV data and no reconstruction (training=demo has
-        # both since session 4); the last two recipes add them back
-        "data=asv", "training.reconstruct.epochs=0",
+        # every recipe starts from the plain ASV data, no reconstruction and every layer ternary
+        # (training=demo has all three since sessions 4-5); the last three recipes add them back
+        "data=asv", "training.reconstruct.epochs=0", "model.convert.fp_layers=[]",
         f"training.val_every={steps}", f"training.checkpoint_every={steps}",
         "training.keep_last=1", "logging.progress_bar=false", "logging.tensorboard=false",
         f"data.seed={seed}", f"training.seed={seed}",

@@ -41,3 +41,16 @@ def test_convert_missing_path_is_a_clear_error(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["info", str(tmp_path / "missing" / "model")])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_convert_keeps_the_named_layers_in_full_precision(tiny_source, tmp_path):
+    from wrinklefree.convert import load_bitnet
+    from wrinklefree.nn import BitLinear
+
+    main(["convert", str(tiny_source), str(tmp_path / "out"), "--fp-layers", "-1",
+          "--calibration-batches", "1"])
+    model = load_bitnet(tmp_path / "out")
+    first, last = model.model.layers
+    assert model.config.bitnet["fp_layers"] == [-1]
+    assert isinstance(first.mlp.down_proj, BitLinear)
+    assert not any(isinstance(m, BitLinear) for m in last.modules())

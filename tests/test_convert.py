@@ -6,6 +6,7 @@ import torch
 from tiny_models import ARCHITECTURES, tiny_model
 
 from wrinklefree.convert import BitNetConfig, convert_model_to_bitnet, load_bitnet
+from wrinklefree.errors import UserInputError
 from wrinklefree.nn import BitLinear
 
 
@@ -92,6 +93,37 @@ def test_save_load_roundtrip(arch, tmp_path):
     x = torch.randint(1, 128, (2, 10))
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_fp_layers_keep_whole_decoder_layers_in_full_precision(tmp_path):
+    model = tiny_model("llama", num_hidden_layers=3)
+    n = model.config.num_hidden_layers
+    source = copy.deepcopy(model)
+    convert_model_to_bitnet(model, fp_layers=[0, -1], calibrate=False)
+    kept = {0, n - 1}
+    for i, layer in enumerate(model.model.layers):
+        linears = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        if i in kept:  # the teacher's layer itself: plain linears, same weights, no SubLN
+            assert not any(isinstance(m, BitLinear) for m in linears)
+            for (name, p), q in zip(layer.named_parameters(), source.model.layers[i].parameters(),
+                                    strict=True):
+                assert torch.equal(p, q), name
+        else:
+            assert linears and all(isinstance(m, BitLinear) for m in linears)
+    model.save_pretrained(tmp_path)
+    loaded = load_bitnet(tmp_path)
+    assert loaded.config.bitnet["fp_layers"] == [0, -1]
+    x = torch.randint(1, 128, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("bad", [[2], [-3]])
+def test_fp_layers_outside_the_model_are_refused_with_the_range(bad):
+    n = tiny_model("llama").config.num_hidden_layers
+    assert n == 2
+    with pytest.raises(UserInputError, match=rf"fp_layers \[{bad[0]}\].*\[-2, 1\]"):
+        convert_model_to_bitnet(tiny_model("llama"), fp_layers=bad, calibrate=False)
 
 
 def test_load_rejects_plain_checkpoint(tmp_path):

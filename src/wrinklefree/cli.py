@@ -37,6 +37,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
     overrides = {"insert_subln": not args.no_subln}
     if args.exclude:
         overrides["exclude"] = list(args.exclude)
+    if args.fp_layers:
+        overrides["fp_layers"] = list(args.fp_layers)
     batches = None
     if overrides["insert_subln"] and args.calibration_batches > 0:
         batches = calibration_batches(tokenizer, num_batches=args.calibration_batches)
@@ -408,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="+", metavar="PATTERN",
                    help="regexes of module names to keep full precision (replaces the default: "
                    "lm_head, score, classifier)")
+    p.add_argument("--fp-layers", nargs="+", type=int, metavar="I",
+                   help="decoder layers kept whole in full precision, by index (negative counts "
+                   "from the end; `--fp-layers 0 1 -1` as training=demo). Better quality; GGUF "
+                   "and transformers-BitNet export then refuse the model")
     p.add_argument("--calibration-batches", type=at_least(0), default=4, metavar="N",
                    help="batches of ASV training text used to calibrate SubLN gains "
                    "(0 = gains of 1)")

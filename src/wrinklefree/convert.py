@@ -33,6 +33,11 @@ class BitNetConfig:
     Attributes:
         exclude: regexes (``re.search`` on qualified module names) of linears kept in full
             precision. Embeddings are never ``nn.Linear``; heads are excluded by default.
+        fp_layers: decoder layers kept whole in full precision, by index (negative counts from
+            the end: ``[0, 1, -1]`` = the first two and the last). They keep the teacher's
+            weights and no SubLN, so they can still write the massive activations the ternary
+            layers cannot (docs/benchmarks.md); llama.cpp's bitnet architecture cannot hold them
+            (GGUF export refuses; ``--format hf`` keeps them).
         insert_subln: RMSNorm before the input of the modules named in ``subln_targets``.
         subln_targets: leaf names of the projections that get a SubLN (BitDistill stage 1).
         quant_lambda: initial quantization strength (0 = full precision, 1 = ternary).
@@ -49,6 +54,7 @@ class BitNetConfig:
 
     exclude: list[str] = field(default_factory=lambda: [r"(^|\.)lm_head$", r"(^|\.)score$",
                                                         r"(^|\.)classifier$"])
+    fp_layers: list[int] = field(default_factory=list)
     insert_subln: bool = True
     subln_targets: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
     quant_lambda: float = 1.0
@@ -75,8 +81,25 @@ class BitNetConfig:
         return cls(**data)
 
 
-def _quantizable_linears(model: nn.Module, exclude: Iterable[str]) -> list[tuple[str, nn.Linear]]:
-    patterns = [re.compile(p) for p in exclude]
+def _fp_layer_patterns(model: nn.Module, fp_layers: Iterable[int]) -> list[str]:
+    """Regexes of the decoder layers in ``fp_layers`` (negative indices count from the end)."""
+    fp_layers = list(fp_layers)
+    if not fp_layers:
+        return []
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if n is None:
+        raise UserInputError("fp_layers needs model.config.num_hidden_layers, which this model "
+                             "has not; name the layers in `exclude` instead")
+    bad = [i for i in fp_layers if not -n <= int(i) < n]
+    if bad:
+        raise UserInputError(f"fp_layers {bad} outside the model's {n} decoder layers; use "
+                             f"indices in [{-n}, {n - 1}] (negative counts from the end)")
+    return [rf"(^|\.)layers\.{int(i) % n}\." for i in fp_layers]
+
+
+def _quantizable_linears(model: nn.Module, exclude: Iterable[str],
+                         fp_layers: Iterable[int] = ()) -> list[tuple[str, nn.Linear]]:
+    patterns = [re.compile(p) for p in [*exclude, *_fp_layer_patterns(model, fp_layers)]]
     return [
         (name, module)
         for name, module in model.named_modules()
@@ -128,12 +151,13 @@ def convert_model_to_bitnet(
     if not calibrate and calibration_batches is not None:
         raise UserInputError("calibrate=False and calibration_batches contradict each other; "
                              "drop one of them")
-    targets = _quantizable_linears(model, config.exclude)
+    targets = _quantizable_linears(model, config.exclude, config.fp_layers)
     if not targets:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no nn.Linear layers to convert (after excluding "
-            f"{config.exclude}); wrinklefree needs decoders whose projections are torch.nn.Linear "
-            "(Llama, Qwen2/3, Mistral, ...). GPT-2-style Conv1D layers are not supported."
+            f"{config.exclude} and fp_layers {config.fp_layers}); wrinklefree needs decoders "
+            "whose projections are torch.nn.Linear (Llama, Qwen2/3, Mistral, ...). GPT-2-style "
+            "Conv1D layers are not supported."
         )
     subln_names = [n for n, _ in targets if n.rpartition(".")[2] in config.subln_targets]
     if config.insert_subln and not subln_names:

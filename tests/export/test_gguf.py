@@ -121,6 +121,12 @@ def test_untied_subln_model_is_refused(tmp_path):
         export_gguf(load_model(str(folder)), tmp_path / "m.gguf", folder)
 
 
+def test_full_precision_layers_are_refused_with_the_fix(tmp_path):
+    folder = save_tiny(tmp_path / "fp", num_hidden_layers=3, fp_layers=[0])
+    with pytest.raises(ValueError, match="fp_layers / exclude.*convert without them"):
+        export_gguf(load_model(str(folder)), tmp_path / "m.gguf", folder)
+
+
 def test_unknown_type_is_named(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="'q3_k'"):
         export_gguf(load_model(str(tiny_dir)), tmp_path / "m.gguf", tiny_dir, weight_type="q3_k")

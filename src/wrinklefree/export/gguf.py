@@ -169,7 +169,9 @@ def gguf_architecture(model: nn.Module) -> str:
     if others or (any(has_subln) and not all(has_subln)):
         raise ValueError(
             "llama.cpp's bitnet architecture has SubLN exactly before o_proj and down_proj of "
-            f"every layer; this model has a different set (extra: {others[:3]})"
+            f"every layer; this model has a different set (extra: {others[:3]}). Layers kept in "
+            "full precision (convert option fp_layers / exclude) have none: convert without them "
+            "to export; the wrinklefree checkpoint (load_bitnet) runs them as they are"
         )
     if not all(has_subln):
         return "llama"

@@ -77,8 +77,9 @@ def _uses_bitnet_class(model: nn.Module, layers) -> bool:
     if cfg.model_type != "llama" or sub != expected or getattr(cfg, "mlp_bias", False):
         raise ValueError(
             "transformers' BitNetForCausalLM is a Llama with SubLN exactly before o_proj and "
-            f"down_proj; this {cfg.model_type} model's SubLNs do not map onto it. Use the "
-            "wrinklefree checkpoint (load_bitnet) instead"
+            f"down_proj; this {cfg.model_type} model's SubLNs do not map onto it (layers kept "
+            "in full precision by fp_layers / exclude have none). Use the wrinklefree "
+            "checkpoint (load_bitnet) instead, or convert without fp_layers"
         )
     if head_dim * cfg.num_attention_heads != cfg.hidden_size:
         raise ValueError("BitNetForCausalLM needs heads * head_dim == hidden_size")
