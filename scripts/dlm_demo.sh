@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The diffusion-student demo: train `training=dlm_demo` (convert SmolLM2-135M, CE + KD warm-up,
-# DLM ramp, TCS; ternary), then benchmark AR vs block-diffusion decoding of the trained student
-# (`wf bench dlm`: tokens per forward, decode tok/s, teacher perplexity, masked ELBO, PNG).
+# The diffusion-student demo: train `training=dlm_demo` (convert SmolLM2-135M with the demo's
+# full-precision layers and reconstruction, then CE + KD warm-up, DLM ramp, TCS), then benchmark
+# AR vs block-diffusion decoding of the trained student (`wf bench dlm`: tokens per forward,
+# decode tok/s, teacher perplexity, masked ELBO, PNG).
 # Extra arguments are Hydra overrides for the training, e.g. `training.max_steps=200`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -43,7 +43,7 @@ def test_convert_missing_path_is_a_clear_error(capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_convert_keeps_the_named_layers_in_full_precision(tiny_source, tmp_path):
+def test_convert_keeps_the_named_layers_in_full_precision(tiny_source, tmp_path, capsys):
     from wrinklefree.convert import load_bitnet
     from wrinklefree.nn import BitLinear
 
@@ -54,3 +54,7 @@ def test_convert_keeps_the_named_layers_in_full_precision(tiny_source, tmp_path)
     assert model.config.bitnet["fp_layers"] == [-1]
     assert isinstance(first.mlp.down_proj, BitLinear)
     assert not any(isinstance(m, BitLinear) for m in last.modules())
+    capsys.readouterr()
+    main(["info", str(tmp_path / "out")])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines if "full-precision decoder layers" in line] == ["1"]

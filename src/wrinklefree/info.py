@@ -38,8 +38,17 @@ def model_report(model: nn.Module, full_precision_bits: int = 16) -> dict:
         "ternary zeros": f"{100 * zeros / ternary:.1f}%" if ternary else "n/a",
         "quantization lambda": ", ".join(f"{x:g}" for x in lambdas) if lambdas else "n/a",
         "SubLN layers": str(sum(m.sub_norm is not None for _, m in layers)),
+        "full-precision decoder layers": _fp_layers(model),
         "effective bits/param": f"{bits:.2f} (ternary at {TERNARY_BITS:.2f}, "
         f"the rest at {full_precision_bits})",
     }
     patterns = Counter(re.sub(r"\.\d+\.", ".N.", name) for name, _ in layers)
     return {"summary": summary, "quantized_modules": dict(sorted(patterns.items()))}
+
+
+def _fp_layers(model: nn.Module) -> str:
+    """The decoder layers with no BitLinear (``fp_layers`` at conversion), or "none"."""
+    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    kept = [str(i) for i, layer in enumerate(layers)
+            if not any(isinstance(m, BitLinear) for m in layer.modules())]
+    return ", ".join(kept) if kept else "none"

@@ -83,3 +83,9 @@ def test_per_channel_scales_are_refused(tmp_path):
     folder = save_tiny(tmp_path / "pc", weight_quant="absmean_channel")
     with pytest.raises(ValueError, match="per-channel"):
         export_hf(load_model(str(folder)), tmp_path / "hf", folder)
+
+
+def test_full_precision_layers_are_refused_with_the_fix(tmp_path):
+    folder = save_tiny(tmp_path / "fp", num_hidden_layers=3, fp_layers=[-1])
+    with pytest.raises(ValueError, match="fp_layers / exclude.*convert without fp_layers"):
+        export_hf(load_model(str(folder)), tmp_path / "hf", folder)
