@@ -118,6 +118,11 @@ def test_fp_layers_keep_whole_decoder_layers_in_full_precision(tmp_path):
         assert torch.equal(loaded(x).logits, model(x).logits)
 
 
+def test_fp_layers_covering_every_layer_are_refused_with_the_fix():
+    with pytest.raises(UserInputError, match=r"keeps all 2 decoder layers.*fp_layers=\[\]"):
+        convert_model_to_bitnet(tiny_model("llama"), fp_layers=[0, 1, -1], calibrate=False)
+
+
 @pytest.mark.parametrize("bad", [[2], [-3]])
 def test_fp_layers_outside_the_model_are_refused_with_the_range(bad):
     n = tiny_model("llama").config.num_hidden_layers

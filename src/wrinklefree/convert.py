@@ -94,7 +94,12 @@ def _fp_layer_patterns(model: nn.Module, fp_layers: Iterable[int]) -> list[str]:
     if bad:
         raise UserInputError(f"fp_layers {bad} outside the model's {n} decoder layers; use "
                              f"indices in [{-n}, {n - 1}] (negative counts from the end)")
-    return [rf"(^|\.)layers\.{int(i) % n}\." for i in fp_layers]
+    kept = sorted({int(i) % n for i in fp_layers})
+    if len(kept) == n:
+        raise UserInputError(f"fp_layers {fp_layers} keeps all {n} decoder layers of this model in "
+                             "full precision, leaving nothing to quantize; name fewer layers "
+                             "(model.convert.fp_layers=[] quantizes them all)")
+    return [rf"(^|\.)layers\.{i}\." for i in kept]
 
 
 def _quantizable_linears(model: nn.Module, exclude: Iterable[str],

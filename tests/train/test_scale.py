@@ -56,7 +56,8 @@ def test_fsdp_preset_trains_on_cpu_and_resumes(tiny_source, text_files, tmp_path
             f"model.source={tiny_source}",
             f"data.sources=[{{name: words, path: '{text_files['words']}'}}]",
             f"data.cache_dir={tmp_path / 'cache'}", "data.seq_len=32",
-            "model.calibration_batches=1", "training.batch_size=2", "training.val_windows=2",
+            "model.calibration_batches=1", "model.convert.fp_layers=[]",  # tiny: 2 layers
+            "training.batch_size=2", "training.val_windows=2",
             "training.val_every=1000", "training.sample_tokens=4", "training.eval_before=false",
             "training.checkpoint_every=2", "logging.progress_bar=false",
             "logging.tensorboard=false", f"run_dir={run_dir}", *overrides,
