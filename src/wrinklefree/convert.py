@@ -36,8 +36,8 @@ class BitNetConfig:
         fp_layers: decoder layers kept whole in full precision, by index (negative counts from
             the end: ``[0, 1, -1]`` = the first two and the last). They keep the teacher's
             weights and no SubLN, so they can still write the massive activations the ternary
-            layers cannot (docs/benchmarks.md); llama.cpp's bitnet architecture cannot hold them
-            (GGUF export refuses; ``--format hf`` keeps them).
+            layers cannot (docs/benchmarks.md). llama.cpp's bitnet and transformers' BitNet
+            cannot hold them (both exports refuse); ``load_bitnet`` runs them as they are.
         insert_subln: RMSNorm before the input of the modules named in ``subln_targets``.
         subln_targets: leaf names of the projections that get a SubLN (BitDistill stage 1).
         quant_lambda: initial quantization strength (0 = full precision, 1 = ternary).

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from wrinklefree.nn import BitLinear
+from wrinklefree.objectives.forward import decoder_layers
 from wrinklefree.quant import WEIGHT_QUANTIZERS
 
 TERNARY_BITS = math.log2(3)  # information content of one {-1, 0, 1} weight
@@ -48,7 +49,10 @@ def model_report(model: nn.Module, full_precision_bits: int = 16) -> dict:
 
 def _fp_layers(model: nn.Module) -> str:
     """The decoder layers with no BitLinear (``fp_layers`` at conversion), or "none"."""
-    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    try:
+        layers = decoder_layers(model)
+    except TypeError:  # not a Llama-style decoder: nothing to name
+        return "n/a"
     kept = [str(i) for i, layer in enumerate(layers)
             if not any(isinstance(m, BitLinear) for m in layer.modules())]
     return ", ".join(kept) if kept else "none"
