@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wrinklefree.allocator import keep_freed_memory
 from wrinklefree.errors import UserInputError
 
 if TYPE_CHECKING:  # torch loads only in the commands that need it
@@ -601,6 +602,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         args.func(args)
     except Exception as err:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from wrinklefree.data.cache import tokenizer_fingerprint
+from wrinklefree.models import load_tokenizer
 from wrinklefree.train import run as train_run
 from wrinklefree.train.plot import read_metrics
 
@@ -45,13 +47,20 @@ def test_dlm_demo_trains_through_its_curriculum_and_benches(tiny_config, tiny_so
     assert "teacher ppl" in capsys.readouterr().out
 
 
-def test_dlm_distill_runs_end_to_end(tiny_config):
+def test_dlm_distill_runs_end_to_end(tiny_config, tiny_source, tmp_path):
     run_dir = train_run.train(tiny_config(
         "training=dlm_distill", "training.max_steps=2", "objectives.dlm.block_size=8",
         "objectives.block_attention_distill.block_size=8",
         *FAST))
     losses = dict(read_metrics(run_dir)["train/dlm/loss"])
     assert list(losses) == [1] and losses[1] > 0  # CE warm-up at step 0, DLM at step 1
+    # the student's tokenizer has <|mask|>; the data was tokenised (and cached) without it, under
+    # the same key an AR run of this source uses
+    student_vocab = len(load_tokenizer(str(run_dir / "final")))
+    source_print = tokenizer_fingerprint(load_tokenizer(str(tiny_source)))
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/meta.json")]
+    assert metas and all(m["tokenizer"] == source_print for m in metas)
+    assert source_print["size"] == student_vocab - 1
 
 
 def test_lrc_dlm_influence_runs_end_to_end(tiny_config, text_files):

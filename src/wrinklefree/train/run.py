@@ -7,6 +7,7 @@ Lightning Trainer -> checkpoints -> ``<run_dir>/final`` (a ``load_bitnet`` folde
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -198,6 +199,10 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
     rank, world = trainer.global_rank, trainer.world_size
     resume = _resume_path(cfg, run_dir)  # before loading anything: a bad checkpoint fails fast
     tokenizer = load_tokenizer(cfg.model.source)
+    # data is tokenised with the source's own vocabulary: a DLM student's <|mask|> (added to
+    # `tokenizer` by build_student) is a model-side token no text may turn into, and the token
+    # cache (teacher samples included) stays shared with AR runs of the same source
+    data_tokenizer = copy.deepcopy(tokenizer)
     student = build_student(cfg, tokenizer)
     teacher = build_teacher(cfg, tokenizer)
     total_steps = total_steps_of(cfg, world)
@@ -206,12 +211,12 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
         {"objectives": cfg.objectives, "curriculum": cfg.curriculum}, total_steps,
         tokenizer=tokenizer)
     data_cfg = as_data_config(cfg.data)
-    stream = build_train_stream(data_cfg, tokenizer, rank=rank, world_size=world)
-    val = build_val_windows(tokenizer, data_cfg.seq_len, cfg.training.val_windows)
+    stream = build_train_stream(data_cfg, data_tokenizer, rank=rank, world_size=world)
+    val = build_val_windows(data_tokenizer, data_cfg.seq_len, cfg.training.val_windows)
     remixer = None
     if data_cfg.remix.enabled:
         # the probe comes after the validation windows: remixing never tunes toward reported text
-        probe = build_probe_batch(tokenizer, data_cfg.seq_len, data_cfg.remix,
+        probe = build_probe_batch(data_tokenizer, data_cfg.seq_len, data_cfg.remix,
                                   skip=cfg.training.val_windows)
         remixer = InfluenceRemixer(stream, probe, data_cfg.remix)
     if trainer.is_global_zero:  # everything built: the launch is good, record its config
@@ -220,7 +225,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
     report: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps,
                               "world_size": world}
     # the same windows per domain (held-out ASV, general English) before and after training
-    eval_windows = domain_windows(tokenizer, data_cfg.seq_len,
+    eval_windows = domain_windows(data_tokenizer, data_cfg.seq_len,
                                   cfg.training.eval_windows or cfg.training.val_windows)
     if cfg.training.eval_before and resume is None and rank == 0:
         if teacher is not None:
@@ -231,8 +236,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
         _print_row("converted student (no training)", report["converted"])
 
     if cfg.training.reconstruct.epochs > 0 and resume is None:
-        report["reconstruction_errors"] = _reconstruct(student, teacher, tokenizer, cfg, data_cfg,
-                                                       trainer.strategy.root_device)
+        report["reconstruction_errors"] = _reconstruct(
+            student, teacher, data_tokenizer, cfg, data_cfg, trainer.strategy.root_device)
         if cfg.training.eval_before and rank == 0:
             set_quant_lambda(student, cfg.training.quant_lambda.end)
             report["reconstructed"] = _evaluate(student, tokenizer, cfg, eval_windows)
@@ -270,7 +275,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
     return run_dir
 
 
-def _reconstruct(student, teacher: Teacher | None, tokenizer, cfg: DictConfig, data_cfg,
+def _reconstruct(student, teacher: Teacher | None, data_tokenizer, cfg: DictConfig, data_cfg,
                  device: torch.device) -> list[float]:
     """Layer-by-layer reconstruction from the teacher on the first training batches (every rank
     computes the same thing from the same batches, so replicas stay identical)."""
@@ -280,8 +285,8 @@ def _reconstruct(student, teacher: Teacher | None, tokenizer, cfg: DictConfig, d
     options = cfg.training.reconstruct
     # fully ternary while reconstructing: the layers learn the function they will have
     set_quant_lambda(student, cfg.training.quant_lambda.end)
-    batches = iter(StreamBatches(build_train_stream(data_cfg, tokenizer, rank=0, world_size=1),
-                                 cfg.training.batch_size))
+    stream = build_train_stream(data_cfg, data_tokenizer, rank=0, world_size=1)
+    batches = iter(StreamBatches(stream, cfg.training.batch_size))
     calibration = [next(batches) for _ in range(options.batches)]
     errors = reconstruct_layers(student, teacher.model, calibration, epochs=options.epochs,
                                 lr=options.lr, device=device,
