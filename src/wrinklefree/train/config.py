@@ -91,8 +91,11 @@ class TrainingConfig:
     # before/after report (train/run.py): perplexity on both evaluation domains (ASV held out,
     # general English) over eval_windows windows each (None = val_windows), and greedy samples
     eval_windows: int | None = None
-    sample_prompts: list[str] = field(
-        default_factory=lambda: ["And God said,", "The history of the city"])
+    # two in the ASV's style, two general English: a student that only learned the Bible's style
+    # shows it on the last two
+    sample_prompts: list[str] = field(default_factory=lambda: [
+        "And God said,", "The history of the city", "Once upon a time,",
+        "The best way to learn a language is"])
     sample_tokens: int = 24
     eval_before: bool = True  # report teacher / converted-student perplexity before training
 
