@@ -18,9 +18,10 @@ from wrinklefree.generate import (
     generate_ar,
     generate_block_diffusion,
     next_token,
+    nucleus,
     resolve_source,
+    sample,
     stream_text,
-    top_p_filter,
 )
 from wrinklefree.objectives.block_diffusion import block_diffusion_forward
 
@@ -78,13 +79,38 @@ def collect(chunks) -> list[int]:
 # ----------------------------------------------------------------------------- sampling
 
 
-def test_top_p_filter_hand_computed():
+def test_nucleus_hand_computed():
     probs = torch.tensor([0.15, 0.5, 0.05, 0.3])
+
+    def kept(top_p):  # the nucleus as a dense (V,) distribution
+        weights, ids = nucleus(probs, top_p)
+        return torch.zeros(4).scatter(-1, ids, weights)
+
     # sorted 0.5, 0.3, 0.15, 0.05: mass before each = 0, 0.5, 0.8, 0.95
-    torch.testing.assert_close(top_p_filter(probs, 0.7), torch.tensor([0.0, 0.625, 0.0, 0.375]))
-    torch.testing.assert_close(top_p_filter(probs, 0.5), torch.tensor([0.0, 1.0, 0.0, 0.0]))
-    torch.testing.assert_close(top_p_filter(probs, 0.81), probs / 0.95 * torch.tensor(
-        [1.0, 1.0, 0.0, 1.0]))
+    torch.testing.assert_close(kept(0.7), torch.tensor([0.0, 0.625, 0.0, 0.375]))
+    torch.testing.assert_close(kept(0.5), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(kept(0.81), probs / 0.95 * torch.tensor([1.0, 1.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize(("top_p", "rounds"), [(0.7, 8), (0.81, 8), (1.0, 8), (0.7, 0)])
+def test_sample_follows_the_nucleus(top_p, rounds):
+    """The rejection sampler draws the renormalised nucleus (rounds=0: the sorted fallback)."""
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3]).repeat(20_000, 1)  # (N, 4)
+    tokens = sample(probs, top_p, torch.Generator().manual_seed(0), rounds=rounds)  # (N,)
+    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    weights, ids = nucleus(probs[0], top_p)
+    expected = torch.zeros(4).scatter(-1, ids, weights)
+    assert bool((freq[expected == 0] == 0).all())  # never outside the nucleus
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)  # ~4.5 sd of 20k draws
+
+
+def test_batched_samples_stay_in_each_rows_nucleus():
+    logits = torch.tensor([[0.0, 5.0, 4.5, -9.0], [3.0, -9.0, -9.0, 2.9]]).repeat(50, 1)  # (100, 4)
+    tokens = next_token(logits, temperature=1.0, top_p=0.9,
+                        generator=torch.Generator().manual_seed(0))  # (100,)
+    assert tokens.shape == (100,)
+    assert set(tokens[0::2].tolist()) == {1, 2} and set(tokens[1::2].tolist()) == {0, 3}
+    assert next_token(logits).tolist() == [1, 0] * 50
 
 
 def test_sampling_respects_seeds_and_tiny_top_p_is_greedy():

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.data.cache import TokenStore
 from wrinklefree.data.config import DataConfig, SourceConfig, as_data_config
-from wrinklefree.data.generated import TeacherSampler
+from wrinklefree.data.generated import TeacherSampler, batch_seed
 from wrinklefree.data.mixture import build_train_stream
 
 SAMPLING = {"num_docs": 5, "max_new_tokens": 6, "batch_size": 2, "seed": 3,
@@ -69,6 +69,23 @@ def test_deterministic_given_seed_and_keyed_by_settings(teacher_folder, tokenize
     torch.manual_seed(0)
     TeacherSampler(_source(teacher_folder).sampling, tokenizer).sample_batch(0, 2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_decode_loop_matches_transformers_generate(teacher_folder, tokenizer):
+    """With a vanishing nucleus the sampler is greedy: its KV-cache loop must then give exactly
+    the continuation of transformers' own generate, cut at the first EOS."""
+    sampler = TeacherSampler(_source(teacher_folder, top_p=1e-9, max_new_tokens=12).sampling,
+                             tokenizer)
+    docs = sampler.sample_batch(0, 4)
+    torch.manual_seed(batch_seed(3, 0))
+    prompt = sampler._first_tokens(4)  # the same first tokens (same seed, same draw)
+    eos = tokenizer.eos_token_id
+    greedy = sampler.model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                    do_sample=False, max_new_tokens=12, eos_token_id=eos,
+                                    pad_token_id=eos)
+    expected = [row.tolist()[:row.tolist().index(eos)] if eos in row.tolist() else row.tolist()
+                for row in greedy]
+    assert docs == expected
 
 
 def test_first_tokens_come_from_the_range(teacher_folder, tokenizer):

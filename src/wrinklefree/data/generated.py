@@ -10,12 +10,12 @@ LLM-QAT does) or the tokenizer's BOS, and continues by nucleus sampling (``top_p
 The documents become a token source like any other: :class:`~wrinklefree.data.cache.TokenStore`
 calls :meth:`TeacherSampler.documents` instead of the tokenizer and writes the same ``.npy``
 shards, keyed by the model, every sampling setting and the count, so a rerun reuses them; the
-mixture weights mix them with real text. Generation is batched with a KV cache
-(``model.generate``); each batch is seeded from ``(seed, index of its first document)``, so the
-samples are reproducible and a half-built cache resumes with exactly the documents it would
-have had, and the training process's RNG is left untouched.
+mixture weights mix them with real text. Generation is batched with a KV cache (our own decode
+loop, :meth:`TeacherSampler._continue`); each batch is seeded from ``(seed, index of its first
+document)``, so the samples are reproducible and a half-built cache resumes with exactly the
+documents it would have had, and the training process's RNG is left untouched.
 
-Speed: the progress bar shows tokens/s per batch (docs/data.md); not yet timed on an idle machine.
+Speed: the progress bar shows tokens/s per batch (docs/data.md).
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def sampling_identity(sampling: SamplingConfig) -> dict:
     device (where it runs does not change what is asked for)."""
     settings = dataclasses.asdict(sampling)
     settings.pop("device")
-    return {"model": model_identity(sampling.model), "settings": settings}
+    # the decoder draws differently from transformers' generate (which built earlier caches)
+    return {"model": model_identity(sampling.model), "settings": settings,
+            "decoder": "kv-cache loop, partial-sort nucleus"}
 
 
 def batch_seed(seed: int, first_doc: int) -> int:
@@ -93,7 +95,7 @@ class TeacherSampler:
         count = max(0, min(count, self.cfg.num_docs - start))
         docs: list[list[int]] = []
         for first in range(start, start + count, self.cfg.batch_size):
-            batch = self.sample_batch(first, min(self.cfg.batch_size, start + count - first))
+            batch = self.sample_batch(first, min(self.cfg.batch_size, start + count - first), bar)
             docs.extend(batch)
             if bar is not None:
                 bar.update(len(batch))
@@ -101,8 +103,8 @@ class TeacherSampler:
         return docs
 
     @torch.no_grad()
-    def sample_batch(self, first_doc: int, n: int) -> list[list[int]]:
-        """``n`` documents, seeded by ``(seed, first_doc)``."""
+    def sample_batch(self, first_doc: int, n: int, bar=None) -> list[list[int]]:
+        """``n`` documents, seeded by ``(seed, first_doc)``; ``bar`` shows the decoding step."""
         if self.model is None:
             self._load()
         cfg, eos = self.cfg, self.model_tokenizer.eos_token_id
@@ -110,19 +112,44 @@ class TeacherSampler:
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(batch_seed(cfg.seed, first_doc))
-            prompt = self._first_tokens(n).to(device)
-            out = self.model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
-                temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                max_new_tokens=cfg.max_new_tokens, eos_token_id=eos,
-                pad_token_id=eos if eos is not None else 0)
+            prompt = self._first_tokens(n).to(device)  # (n, 1)
+            out = torch.cat([prompt, self._continue(prompt, eos, bar)], dim=1).cpu()  # (n, 1 + T)
         skip = 1 if cfg.first_token == "bos" else 0  # BOS is not document text
-        docs = [_until_eos(row[skip:].tolist(), eos) for row in out.cpu()]
+        docs = [_until_eos(row[skip:].tolist(), eos) for row in out]
         self.tokens_per_s = sum(map(len, docs)) / max(time.perf_counter() - started, 1e-9)
         if not self.same_tokenizer:
             texts = self.model_tokenizer.batch_decode(docs, skip_special_tokens=True)
             docs = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return docs  # one per sequence, even empty (EOS drawn first): the count is the key
+
+    def _continue(self, prompt: torch.Tensor, eos: int | None, bar=None) -> torch.Tensor:
+        """(n, 1) first tokens -> (n, T) sampled continuations, T <= max_new_tokens: one forward
+        per token on a KV cache, the nucleus sampled by :func:`wrinklefree.generate.next_token`
+        (a partial sort: transformers' ``generate`` sorted the whole vocabulary of every row and
+        drew over all of it, half its time on CPU). Finished rows are padded with EOS; the loop
+        stops when every row has drawn it."""
+        from transformers import DynamicCache
+
+        from wrinklefree.generate import next_token
+
+        cfg, cache = self.cfg, DynamicCache()
+        out = self.model(input_ids=prompt, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
+        done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)  # (n,)
+        tokens = []
+        for step in range(cfg.max_new_tokens):
+            if bar is not None:
+                bar.set_postfix(token=f"{step}/{cfg.max_new_tokens}")
+            token = next_token(out.logits[:, -1], temperature=cfg.temperature,
+                               top_p=cfg.top_p)  # (n,)
+            if eos is not None:
+                token = token.masked_fill(done, eos)
+                done |= token == eos
+            tokens.append(token)
+            if bool(done.all()):
+                break
+            out = self.model(input_ids=token[:, None], past_key_values=cache, use_cache=True)
+        return torch.stack(tokens, dim=1) if tokens else prompt[:, :0]  # (n, T)
 
     def _first_tokens(self, n: int) -> torch.Tensor:
         """(n, 1) first tokens: the BOS, or uniform over the id range minus special tokens."""
