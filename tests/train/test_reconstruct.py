@@ -69,6 +69,23 @@ def test_a_student_equal_to_its_teacher_is_left_as_it_is():
         torch.testing.assert_close(value, weights[name], rtol=0, atol=0, msg=name)
 
 
+def test_layers_that_already_match_the_teacher_are_not_trained(monkeypatch):
+    """Full-precision first layers (fp_layers) see the teacher's own input: exact output, no fit;
+    the ternary layer behind them is fitted."""
+    import wrinklefree.train.reconstruct as reconstruct
+
+    teacher = tiny_model("llama", num_hidden_layers=3)
+    student = convert_model_to_bitnet(copy.deepcopy(teacher), insert_subln=False, fp_layers=[0, 1])
+    fitted = []
+    fit = reconstruct._fit_layer
+    monkeypatch.setattr(reconstruct, "_fit_layer", lambda layer, *a: fitted.append(layer) or fit(
+        layer, *a))
+    errors = reconstruct_layers(student, teacher, _batches(teacher.config.vocab_size), epochs=1,
+                                lr=1e-3, progress=False)
+    assert fitted == [student.model.layers[2]]
+    assert errors[:2] == [0.0, 0.0] and errors[2] > 0
+
+
 def test_zero_epochs_is_a_no_op():
     teacher = tiny_model("llama")
     student = convert_model_to_bitnet(copy.deepcopy(teacher), insert_subln=False)
