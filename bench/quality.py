@@ -26,8 +26,10 @@ rotation of the o_proj / down_proj inputs, BitNet v2). Two recipes outside the l
     reconstruct  layer-by-layer reconstruction from the teacher (training.reconstruct, 6 epochs,
                  layer lr 3e-3), then CE + logits KD at lr 3e-4 (BRECQ arXiv 2102.05426)
     samples      + half the windows sampled from the teacher (data=demo)
-    demo         + the first two and the last decoder layers kept in full precision
-                 (model.convert.fp_layers=[0,1,-1]): the training=demo recipe
+    fp_layers    + the first two and the last decoder layers kept in full precision
+                 (model.convert.fp_layers=[0,1,-1]): the demo of sessions 5-6
+    demo         + layer 11 in full precision too and per-channel weight scales
+                 (weight_quant=absmean_channel): the training=demo recipe
 
 ``--scale cpu`` (default) is 40 steps x 4 x 128 tokens (20,480 tokens; about 45 minutes for the
 six-rung ladder on 2 CPU cores); ``--scale gpu`` is 1000 steps x 16 x 512 tokens (8.2 M tokens)
@@ -57,7 +59,8 @@ LABELS = {
     "hadamard": "+ attention relation, Hadamard",
     "reconstruct": "layer-by-layer reconstruction + logits KD, lr 3e-4",
     "samples": "+ teacher samples",
-    "demo": "+ layers 0, 1, -1 full precision (the demo recipe)",
+    "fp_layers": "+ layers 0, 1, -1 full precision",
+    "demo": "+ layer 11 full precision, per-channel scales (the demo recipe)",
 }
 LADDER = ["sft", "subln", "warmup", "kd", "ar", "lrc"]
 SCALES = {
@@ -84,8 +87,11 @@ def recipe_overrides(name: str, steps: int) -> list[str]:
         "hadamard": ["objectives=bitdistill", warmup, "model.convert.hadamard=true"],
         "reconstruct": ["objectives=logits_kd", *reconstruct],
         "samples": ["objectives=logits_kd", *reconstruct, "data=demo"],
+        "fp_layers": ["objectives=logits_kd", *reconstruct, "data=demo",
+                      "model.convert.fp_layers=[0,1,-1]"],
         "demo": ["objectives=logits_kd", *reconstruct, "data=demo",
-                 "model.convert.fp_layers=[0,1,-1]"],
+                 "model.convert.fp_layers=[0,1,11,-1]",
+                 "model.convert.weight_quant=absmean_channel"],
     }
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(recipes)}")
@@ -100,9 +106,10 @@ def shared_overrides(scale: str, steps: int, out: Path, name: str, seed: int = 0
         *SCALES[scale]["overrides"],
         f"training.max_steps={steps}",
         "training.lr=1e-3", "training.warmup_steps=5", "training.scheduler=cosine",
-        # every recipe starts from the plain ASV data, no reconstruction and every layer ternary
-        # (training=demo has all three since sessions 4-5); the last three recipes add them back
+        # every recipe starts from the plain ASV data, no reconstruction, every layer ternary with
+        # one scale per tensor (training=demo has none of these); the last recipes add them back
         "data=asv", "training.reconstruct.epochs=0", "model.convert.fp_layers=[]",
+        "model.convert.weight_quant=absmean",
         f"training.val_every={steps}", f"training.checkpoint_every={steps}",
         "training.keep_last=1", "logging.progress_bar=false", "logging.tensorboard=false",
         f"data.seed={seed}", f"training.seed={seed}",
