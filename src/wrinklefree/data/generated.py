@@ -54,7 +54,7 @@ def sampling_identity(sampling: SamplingConfig) -> dict:
     settings.pop("device")
     # the decoder draws differently from transformers' generate (which built earlier caches)
     return {"model": model_identity(sampling.model), "settings": settings,
-            "decoder": "kv-cache loop, partial-sort nucleus"}
+            "decoder": "kv-cache loop, rejection-sampled nucleus"}
 
 
 def batch_seed(seed: int, first_doc: int) -> int:
@@ -125,9 +125,9 @@ class TeacherSampler:
     def _continue(self, prompt: torch.Tensor, eos: int | None, bar=None) -> torch.Tensor:
         """(n, 1) first tokens -> (n, T) sampled continuations, T <= max_new_tokens: one forward
         per token on a KV cache, the nucleus sampled by :func:`wrinklefree.generate.next_token`
-        (a partial sort: transformers' ``generate`` sorted the whole vocabulary of every row and
-        drew over all of it, half its time on CPU). Finished rows are padded with EOS; the loop
-        stops when every row has drawn it."""
+        without sorting the vocabulary (transformers' ``generate`` sorted the whole vocabulary of
+        every row and drew over all of it: half its time on CPU). Finished rows are padded with
+        EOS; the loop stops when every row has drawn it."""
         from transformers import DynamicCache
 
         from wrinklefree.generate import next_token
