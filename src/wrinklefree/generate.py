@@ -147,15 +147,13 @@ def sample(probs: torch.Tensor, top_p: float = 1.0, generator: torch.Generator |
     and a multinomial over all of it were half of the time of batched sampling on CPU.
     """
     flat = probs.reshape(-1, probs.shape[-1])  # (N, V)
+    rows, cdf = flat, flat.double().cumsum(-1)  # (n, V); float64: no drift over a large vocab
+    if top_p >= 1.0:  # the whole distribution: one draw, always accepted
+        return _inverse_cdf_draw(cdf, generator).view(probs.shape[:-1])
     tokens = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)  # (N,)
     todo = torch.arange(flat.shape[0], device=flat.device)  # rows not yet drawn
-    rows, cdf = flat, flat.double().cumsum(-1)  # (n, V); float64: no drift over a large vocab
     for _ in range(rounds):
-        u = torch.rand(len(todo), 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
-        draw = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (n, 1)
-        draw = draw.clamp_(max=flat.shape[-1] - 1)
-        if top_p >= 1.0:
-            return draw.view(probs.shape[:-1])
+        draw = _inverse_cdf_draw(cdf, generator)  # (n, 1)
         accepted = (rows * (rows > rows.gather(-1, draw))).sum(-1) < top_p  # (n,) mass above
         tokens[todo[accepted]] = draw[accepted, 0]
         todo, rows, cdf = todo[~accepted], rows[~accepted], cdf[~accepted]
@@ -165,6 +163,13 @@ def sample(probs: torch.Tensor, top_p: float = 1.0, generator: torch.Generator |
     picked = torch.multinomial(weights, 1, generator=generator)  # (n, 1)
     tokens[todo] = ids.gather(-1, picked)[:, 0]
     return tokens.view(probs.shape[:-1])
+
+
+def _inverse_cdf_draw(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of an unnormalised CDF (n, V), drawn in proportion to its steps: (n, 1)."""
+    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    draw = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (n, 1)
+    return draw.clamp_(max=cdf.shape[-1] - 1)
 
 
 def _check_sampling(temperature: float, top_p: float) -> None:

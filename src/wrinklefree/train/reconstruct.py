@@ -104,27 +104,27 @@ def reconstruct_layers(
     errors = []
     bar = tqdm(total=len(student_layers), desc="reconstructing layers", disable=not progress)
     for s_layer, t_layer in zip(student_layers, teacher_layers, strict=True):
-        with torch.no_grad():
-            y_teacher = [_run_layer(t_layer, x, kw)
-                         for x, kw in zip(x_teacher, kwargs, strict=True)]
-        with torch.no_grad():
-            y_student = [_run_layer(s_layer, x, kw)
-                         for x, kw in zip(x_student, student_kwargs, strict=True)]
+        y_teacher = _outputs(t_layer, x_teacher, kwargs)
+        y_student = _outputs(s_layer, x_student, student_kwargs)
         # a layer that already gives the teacher's exact output (a full-precision layer before
         # the first ternary one) has nothing to fit: 48 steps saved per such layer in the demo
         if not all(torch.equal(s, t) for s, t in zip(y_student, y_teacher, strict=True)):
             _fit_layer(s_layer, x_student, y_teacher, student_kwargs, epochs, lr)
-            with torch.no_grad():
-                y_student = [_run_layer(s_layer, x, kw)
-                             for x, kw in zip(x_student, student_kwargs, strict=True)]
-        x_student = y_student
-        x_teacher = y_teacher
+            y_student = _outputs(s_layer, x_student, student_kwargs)
+        x_student, x_teacher = y_student, y_teacher
         errors.append(_relative_error(x_student, y_teacher))
         bar.set_postfix(layer_error=f"{errors[-1]:.3f}")
         bar.update()
     bar.close()
     student.train(was_training)
     return errors
+
+
+@torch.no_grad()
+def _outputs(layer: nn.Module, inputs: list[torch.Tensor],
+             kwargs: list[dict[str, Any]]) -> list[torch.Tensor]:
+    """``layer``'s output for each batch's input (no autograd)."""
+    return [_run_layer(layer, x, kw) for x, kw in zip(inputs, kwargs, strict=True)]
 
 
 def _fit_layer(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor],
