@@ -30,6 +30,8 @@ rotation of the o_proj / down_proj inputs, BitNet v2). Two recipes outside the l
                  (model.convert.fp_layers=[0,1,-1]): the demo of sessions 5-6
     demo         + layer 11 in full precision too and per-channel weight scales
                  (weight_quant=absmean_channel): the training=demo recipe
+    repetition   + DITTO's pseudo-repetition penalty (objectives.repetition, weight 1), against
+                 greedy loops (arXiv 2206.02369)
 
 ``--scale cpu`` (default) is 40 steps x 4 x 128 tokens (20,480 tokens; about 45 minutes for the
 six-rung ladder on 2 CPU cores); ``--scale gpu`` is 1000 steps x 16 x 512 tokens (8.2 M tokens)
@@ -61,6 +63,7 @@ LABELS = {
     "samples": "+ teacher samples",
     "fp_layers": "+ layers 0, 1, -1 full precision",
     "demo": "+ layer 11 full precision, per-channel scales (the demo recipe)",
+    "repetition": "+ pseudo-repetition penalty (DITTO)",
 }
 LADDER = ["sft", "subln", "warmup", "kd", "ar", "lrc"]
 SCALES = {
@@ -93,6 +96,7 @@ def recipe_overrides(name: str, steps: int) -> list[str]:
                  "model.convert.fp_layers=[0,1,11,-1]",
                  "model.convert.weight_quant=absmean_channel"],
     }
+    recipes["repetition"] = [*recipes["demo"], "+objectives.repetition.weight=1.0"]
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(recipes)}")
     return recipes[name]

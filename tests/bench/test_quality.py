@@ -21,7 +21,7 @@ def test_every_recipe_composes_into_a_valid_config(tmp_path):
             assert cfg.model.convert.insert_subln is False
         if name in ("warmup", "kd", "ar", "lrc", "haar", "hadamard"):
             assert cfg.training.quant_lambda.warmup_steps == 20
-        if name in ("reconstruct", "samples", "fp_layers", "demo"):
+        if name in ("reconstruct", "samples", "fp_layers", "demo", "repetition"):
             assert cfg.training.reconstruct.epochs == 6 and cfg.training.lr == 3e-4
     # the ladder starts from plain ASV data without reconstruction, whatever training=demo has
     shared = QUALITY["shared_overrides"]("cpu", 40, tmp_path, "sft")
@@ -37,6 +37,9 @@ def test_every_recipe_composes_into_a_valid_config(tmp_path):
     cfg = compose_train_config([*shared, *QUALITY["recipe_overrides"]("demo", 40)])
     assert cfg.model.convert.fp_layers == [0, 1, 11, -1]
     assert cfg.model.convert == compose_train_config([]).model.convert  # = training=demo
+    assert "repetition" not in cfg.objectives
+    cfg = compose_train_config([*shared, *QUALITY["recipe_overrides"]("repetition", 40)])
+    assert cfg.objectives.repetition.weight == 1.0 and "logits_distill" in cfg.objectives
     with pytest.raises(ValueError, match="unknown recipe 'nope'"):
         QUALITY["recipe_overrides"]("nope", 40)
 

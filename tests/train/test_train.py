@@ -82,6 +82,15 @@ def test_curriculum_phase_switches_the_data_mixture(tiny_config, text_files):
     assert (run_dir / "loss.png").is_file()
 
 
+def test_repetition_penalty_trains_beside_kd_and_is_logged(tiny_config):
+    run_dir = train_run.train(tiny_config(
+        "objectives=logits_kd", "+objectives.repetition={weight: 1.0, span: 4}",
+        "training.max_steps=2", "training.checkpoint_every=10"))
+    penalty = losses_by_step(run_dir, "train/repetition/loss")
+    assert len(penalty) == 2 and all(0 < v < float("inf") for v in penalty.values())
+    assert len(losses_by_step(run_dir, "train/logits_distill/loss")) == 2
+
+
 def test_unknown_and_mistyped_keys_are_named(tiny_config):
     with pytest.raises(ValueError, match="max_stpes"):
         tiny_config("training.max_stpes=3")

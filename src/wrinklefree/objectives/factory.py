@@ -17,6 +17,7 @@ from wrinklefree.objectives.dlm import DLMObjective
 from wrinklefree.objectives.layerwise import LayerwiseDistillObjective, LRCReconstructionObjective
 from wrinklefree.objectives.logits_distill import LogitsDistillObjective
 from wrinklefree.objectives.manager import ObjectiveManager
+from wrinklefree.objectives.repetition import RepetitionObjective
 from wrinklefree.objectives.tcs import TCSDistillObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -30,6 +31,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
         TCSDistillObjective,
         LayerwiseDistillObjective,
         LRCReconstructionObjective,
+        RepetitionObjective,
     )
 }
 

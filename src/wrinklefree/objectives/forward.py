@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from wrinklefree.objectives.base import Batch, Requirements
 from wrinklefree.objectives.block_diffusion import block_diffusion_forward
+from wrinklefree.objectives.repetition import REPETITION_KEYS
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -34,8 +35,9 @@ DLM_KEYS = ("dlm_noisy_ids", "dlm_mask", "dlm_rate", "dlm_block_size")
 
 
 def clean_view(batch: Batch) -> Batch:
-    """The batch without the DLM noisy views: what the teacher and a plain forward see."""
-    return {k: v for k, v in batch.items() if k not in DLM_KEYS}
+    """The batch without the DLM noisy views and the repeated rows: what the teacher and a plain
+    forward see."""
+    return {k: v for k, v in batch.items() if k not in DLM_KEYS + REPETITION_KEYS}
 
 
 def run_model(
@@ -57,6 +59,10 @@ def run_model(
     the AR objectives never see masked input; ``out.dlm_logits`` (2B, L, V) and
     ``out.dlm_qkv`` (2B, heads, L, d) are the noisy views. ``teacher=True`` runs the clean
     window only (a plain causal forward).
+
+    A batch with ``repetition_ids`` (from ``RepetitionObjective.preprocess_batch``) also runs
+    those rows through the student in a second, plain causal forward: ``out.repetition_logits``
+    (R, L, V).
     """
     if teacher:
         batch = clean_view(batch)
@@ -98,6 +104,8 @@ def run_model(
     finally:
         for handle in handles:
             handle.remove()
+    if "repetition_ids" in batch:
+        out.repetition_logits = model(input_ids=batch["repetition_ids"], use_cache=False).logits
     if requirements.attentions and not out.attentions:
         raise RuntimeError(f"{type(model).__name__} returned no attentions in eager mode")
     head_dim = _head_dim(model)
