@@ -62,7 +62,7 @@ def run_model(
 
     A batch with ``repetition_ids`` (from ``RepetitionObjective.preprocess_batch``) also runs
     those rows through the student in a second, plain causal forward: ``out.repetition_logits``
-    (R, L, V).
+    (R, N, V).
     """
     if teacher:
         batch = clean_view(batch)

@@ -39,8 +39,9 @@ def repetition_loss(
     stop gradient), averaged. Its minimum, p_t = penalty · p_{t-period}, is a probability that
     decays geometrically with each repetition.
     """
-    picked = logits[:, :-1].float().gather(-1, ids[:, 1:, None]).squeeze(-1)  # (R, L-1)
-    p = torch.exp(picked - torch.logsumexp(logits[:, :-1].float(), dim=-1))  # (R, L-1)
+    scores = logits[:, :-1].float()  # (R, L-1, V): row t predicts ids[t + 1]
+    picked = scores.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (R, L-1)
+    p = torch.exp(picked - torch.logsumexp(scores, dim=-1))  # (R, L-1)
     current, previous = p[:, period:], p[:, :-period].detach()  # (R, L-1-period)
     gap = (current - penalty * previous).abs().clamp(max=1.0 - 1e-6)
     return -torch.log1p(-gap).mean()
