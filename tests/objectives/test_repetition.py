@@ -59,7 +59,7 @@ def test_preprocess_adds_a_student_only_view_and_refuses_short_windows(make_batc
     batch = make_batch(batch=3, length=10)
     out = RepetitionObjective(span=4, rows=2).preprocess_batch(batch)
     assert torch.equal(out["input_ids"], batch["input_ids"])  # the clean window is untouched
-    assert out["repetition_ids"].shape == (2, 10) and out["repetition_period"] == 4
+    assert out["repetition_ids"].shape == (2, 10)
     assert torch.equal(out["repetition_ids"][:, 4:8], batch["input_ids"][:2, :4])
     with pytest.raises(ValueError, match="span=5 needs windows of at least 11"):
         RepetitionObjective(span=5).preprocess_batch(batch)
@@ -69,6 +69,9 @@ def test_preprocess_adds_a_student_only_view_and_refuses_short_windows(make_batc
         RepetitionObjective(repeats=1)
     short = RepetitionObjective(span=2, repeats=3).preprocess_batch(batch)
     assert short["repetition_ids"].shape == (1, 6)
+    # fixed repeats need only one span inside the window
+    longer = RepetitionObjective(span=6, repeats=2).preprocess_batch(batch)
+    assert longer["repetition_ids"].shape == (1, 12)
 
 
 def test_student_runs_the_repeated_rows_and_the_teacher_does_not(model, make_batch):

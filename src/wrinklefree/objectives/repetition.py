@@ -16,7 +16,7 @@ import torch
 
 from wrinklefree.objectives.base import Batch, Objective, ObjectiveOutput
 
-REPETITION_KEYS = ("repetition_ids", "repetition_period")  # the student-only view this adds
+REPETITION_KEYS = ("repetition_ids",)  # the student-only view this objective adds
 
 
 def repeated_rows(
@@ -80,25 +80,26 @@ class RepetitionObjective(Objective):
 
     def preprocess_batch(self, batch: Batch) -> Batch:
         input_ids = batch["input_ids"]  # (B, L)
-        if input_ids.shape[1] < 2 * self.span + 1:
+        # filling the window needs two repetitions and a token in it; fixed repeats, one span
+        needed = self.span if self.repeats else 2 * self.span + 1
+        if input_ids.shape[1] < needed:
             raise ValueError(
-                f"objectives.repetition.span={self.span} needs windows of at least "
-                f"{2 * self.span + 1} tokens to repeat it, got {input_ids.shape[1]}; lower the "
-                "span or raise data.seq_len"
+                f"objectives.repetition.span={self.span} needs windows of at least {needed} "
+                f"tokens to repeat it, got {input_ids.shape[1]}; lower the span or raise "
+                "data.seq_len"
             )
         rows = min(self.rows, input_ids.shape[0])
         repeated = repeated_rows(input_ids, self.span, rows, self.repeats)  # (R, N)
-        return {**batch, "repetition_ids": repeated, "repetition_period": self.span}
+        return {**batch, "repetition_ids": repeated}
 
     def forward(
         self, model_outputs: Any, batch: Batch, teacher_outputs: Any = None
     ) -> ObjectiveOutput:
-        logits = getattr(model_outputs, "repetition_logits", None)  # (R, L, V)
+        logits = getattr(model_outputs, "repetition_logits", None)  # (R, N, V)
         if logits is None:
             raise ValueError(
                 "objective 'repetition' needs the student's logits on batch['repetition_ids']: "
                 "run the model with run_model on a batch from RepetitionObjective.preprocess_batch"
             )
-        loss = repetition_loss(logits, batch["repetition_ids"], batch["repetition_period"],
-                               self.penalty)
+        loss = repetition_loss(logits, batch["repetition_ids"], self.span, self.penalty)
         return ObjectiveOutput(loss)
