@@ -53,3 +53,19 @@ def test_larger_teacher_vocabulary_and_missing_teacher_are_errors():
         LogitsDistillObjective()(student, batch, SimpleNamespace(logits=torch.zeros(1, 2, 4)))
     with pytest.raises(ValueError, match="needs teacher outputs"):
         LogitsDistillObjective()(student, batch, None)
+
+
+def test_reverse_kl_and_the_mix_by_hand():
+    # teacher p uniform over 2 tokens, student q = [3/4, 1/4] (logits [ln 3, 0]):
+    # KL(q || p) = 3/4·ln(3/2) + 1/4·ln(1/2); the forward KL(p || q) as in the first test.
+    teacher = torch.zeros(1, 2, 2)
+    student = torch.tensor([[[LN3, 0.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1, 1]])
+    reverse_kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    for r, expected in [(1.0, reverse_kl), (0.25, 0.75 * kl_uniform_vs(0.75) + 0.25 * reverse_kl)]:
+        out = LogitsDistillObjective(temperature=1.0, reverse=r)(
+            SimpleNamespace(logits=student), {"labels": labels}, SimpleNamespace(logits=teacher)
+        )
+        assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match=r"reverse must be in \[0, 1\].*got 1.5"):
+        LogitsDistillObjective(reverse=1.5)

@@ -139,15 +139,27 @@ def match_vocab(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
 
 
 def distill_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    reverse: float = 0.0,
 ) -> torch.Tensor:
-    """(N, V), (N, V) -> (N,): KL(softmax(t/T) || softmax(s/T)) · T² per row (Hinton et al. 2015).
+    """(N, V), (N, V) -> (N,): [(1-r)·KL(p || q) + r·KL(q || p)] · T² per row, p = softmax(t/T),
+    q = softmax(s/T) (Hinton et al. 2015; reverse KL as in MiniLLM, arXiv 2306.08543 Eq. 1).
 
-    The T² keeps gradient magnitudes independent of the temperature.
+    The T² keeps gradient magnitudes independent of the temperature. The forward KL (r = 0) makes
+    the student cover all of the teacher's mass; the reverse KL (r = 1) penalises the student's
+    mass where the teacher has little (mode seeking).
     """
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
+    if reverse == 0.0:
+        return (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
+    backward_kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # KL(q || p)
+    if reverse == 1.0:
+        return backward_kl * temperature**2
+    forward_kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(p || q)
+    return ((1.0 - reverse) * forward_kl + reverse * backward_kl) * temperature**2
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ from wrinklefree.objectives.base import (
 
 
 class LogitsDistillObjective(Objective):
-    """loss = mean over valid positions of KL(softmax(z_T/T) || softmax(z_S/T)) · T².
+    """loss = mean over valid positions of KL(softmax(z_T/T) || softmax(z_S/T)) · T²
+    (with ``reverse`` = r: (1-r)·that + r·KL(student || teacher)·T²).
 
     Positions follow the CE's shift convention: position i counts when ``labels[i + 1]`` is not
     -100 (teacher and student logits are compared at the same position, both predicting token
@@ -28,14 +29,19 @@ class LogitsDistillObjective(Objective):
 
     Args:
         temperature: T (BitDistill uses 5).
+        reverse: the share r of the reverse KL, in [0, 1] (0: the forward KL of BitDistill).
     """
 
     name = "logits_distill"
     requires_teacher = True
 
-    def __init__(self, temperature: float = 5.0) -> None:
+    def __init__(self, temperature: float = 5.0, reverse: float = 0.0) -> None:
         check_positive("temperature", temperature)
+        if not 0.0 <= reverse <= 1.0:
+            raise ValueError(f"logits_distill.reverse must be in [0, 1] (the share of the reverse "
+                             f"KL), got {reverse}")
         self.temperature = float(temperature)
+        self.reverse = float(reverse)
 
     def forward(
         self, model_outputs: Any, batch: Batch, teacher_outputs: Any = None
@@ -46,6 +52,6 @@ class LogitsDistillObjective(Objective):
         if not valid.any():
             return ObjectiveOutput(zero_loss(logits))
         student = match_vocab(logits[valid], teacher_logits)  # (N, V_t)
-        kl = distill_kl(student, teacher_logits[valid], self.temperature)  # (N,)
+        kl = distill_kl(student, teacher_logits[valid], self.temperature, self.reverse)  # (N,)
         loss = kl.mean()
         return ObjectiveOutput(loss, {"kl": loss.detach() / self.temperature**2})
