@@ -153,12 +153,9 @@ def distill_kl(
     """
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    if reverse == 0.0:
-        return (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
-    backward_kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # KL(q || p)
-    if reverse == 1.0:
-        return backward_kl * temperature**2
-    forward_kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(p || q)
+    # each direction only when its share is not 0: the (N, V) products are the cost
+    forward_kl = (log_p.exp() * (log_p - log_q)).sum(-1) if reverse < 1.0 else 0.0  # KL(p || q)
+    backward_kl = (log_q.exp() * (log_q - log_p)).sum(-1) if reverse > 0.0 else 0.0  # KL(q || p)
     return ((1.0 - reverse) * forward_kl + reverse * backward_kl) * temperature**2
 
 
