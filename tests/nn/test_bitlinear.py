@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from torch._dynamo.testing import CompileCounter
 
 from wrinklefree.nn import BitLinear, SubLN
 
@@ -226,6 +227,23 @@ def test_compiles_into_one_graph_with_the_same_values():
     f(x).sum().backward()
     torch.testing.assert_close(y, f(x))
     torch.testing.assert_close(grad, x.grad)
+
+
+def test_compiled_inference_skips_the_weight_cache():
+    # validation / evaluation of a compiled student runs without gradients: the eager weight cache
+    # (keyed on data_ptr and version) would break the graph and recompile once per layer
+    q, k = BitLinear(16, 8), BitLinear(16, 8, subln=True)
+
+    def f(x):
+        return q(x) + k(x)
+
+    counter = CompileCounter()
+    compiled = torch.compile(f, backend=counter, fullgraph=True)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x), f(x))
+    assert counter.frame_count == 1  # compiled once, no recompilation on later calls
 
 
 def test_subln_gradient_hand_values():

@@ -128,6 +128,20 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_partial_file(tmp_pa
     assert torch.load(target, weights_only=True) == {"step": 1}
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_a_saved_checkpoint_is_dropped_from_the_page_cache_after_fsync(tmp_path, monkeypatch):
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd)))
+    monkeypatch.setattr(ckpt.os, "posix_fadvise",
+                        lambda fd, offset, length, advice: calls.append((offset, length, advice)))
+    target = tmp_path / "step-1.ckpt"
+    ckpt.atomic_torch_save({"step": 1}, target)
+    # the whole file (offset 0, length 0 = to the end), only once its bytes are on disk
+    assert calls[:2] == ["fsync", (0, 0, os.POSIX_FADV_DONTNEED)]
+    assert torch.load(target, weights_only=True) == {"step": 1}
+
+
 SAVE_LOOP = textwrap.dedent("""
     import sys, torch
     from wrinklefree.train.checkpoint import AtomicCheckpointIO

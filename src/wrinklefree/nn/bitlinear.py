@@ -129,9 +129,11 @@ class BitLinear(nn.Linear):
             x_q = x
             if self.quantize_activations:
                 x_q = _quantized_activation(x, self.quant_lambda)
-            # cached only at inference: in training the cache would hold a full copy of every
-            # weight between steps (+5.6 GB per GPU for a 1.7B student, unsharded under FSDP)
-            w_q = self._cached_quantized_weight() if inference else self.quantized_weight()
+            # cached only at eager inference: in training the cache would hold a full copy of
+            # every weight between steps (+5.6 GB per GPU for a 1.7B student, unsharded under
+            # FSDP); a compiled graph would guard on the cache key and recompile on every change
+            cache = inference and not torch.compiler.is_compiling()
+            w_q = self._cached_quantized_weight() if cache else self.quantized_weight()
         return ste_linear(x, self.weight, self.bias, x_q, w_q)
 
     def _cached_quantized_weight(self) -> torch.Tensor:
