@@ -142,6 +142,15 @@ def test_a_saved_checkpoint_is_dropped_from_the_page_cache_after_fsync(tmp_path,
     assert torch.load(target, weights_only=True) == {"step": 1}
 
 
+def test_a_refused_page_cache_hint_still_saves(tmp_path, monkeypatch):
+    def refuse(fd, offset, length, advice):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(ckpt.os, "posix_fadvise", refuse, raising=False)
+    ckpt.atomic_torch_save({"step": 1}, tmp_path / "step-1.ckpt")
+    assert torch.load(tmp_path / "step-1.ckpt", weights_only=True) == {"step": 1}
+
+
 SAVE_LOOP = textwrap.dedent("""
     import sys, torch
     from wrinklefree.train.checkpoint import AtomicCheckpointIO

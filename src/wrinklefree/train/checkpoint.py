@@ -167,7 +167,10 @@ def _drop_from_page_cache(fd: int) -> None:
     (docs/benchmarks.md). Best effort: not every platform has ``posix_fadvise``.
     """
     if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:  # a filesystem that refuses the hint: the checkpoint is saved all the same
+            pass
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
