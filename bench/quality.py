@@ -28,8 +28,10 @@ rotation of the o_proj / down_proj inputs, BitNet v2). Two recipes outside the l
     samples      + half the windows sampled from the teacher (data=demo)
     fp_layers    + the first two and the last decoder layers kept in full precision
                  (model.convert.fp_layers=[0,1,-1]): the demo of sessions 5-6
-    demo         + layer 11 in full precision too and per-channel weight scales
-                 (weight_quant=absmean_channel): the training=demo recipe
+    channel      + layer 11 in full precision too and per-channel weight scales
+                 (weight_quant=absmean_channel): the demo of sessions 7-10
+    demo         + a low-rank correction of every ternary layer, rank 10% (lrc_rank=0.1, SVD
+                 init, arXiv 2412.07902): the training=demo recipe
     repetition   + DITTO's pseudo-repetition penalty (objectives.repetition, weight 1), against
                  greedy loops (arXiv 2206.02369)
 
@@ -62,7 +64,8 @@ LABELS = {
     "reconstruct": "layer-by-layer reconstruction + logits KD, lr 3e-4",
     "samples": "+ teacher samples",
     "fp_layers": "+ layers 0, 1, -1 full precision",
-    "demo": "+ layer 11 full precision, per-channel scales (the demo recipe)",
+    "channel": "+ layer 11 full precision, per-channel scales",
+    "demo": "+ LRC 10% (the demo recipe)",
     "repetition": "+ pseudo-repetition penalty (DITTO)",
 }
 LADDER = ["sft", "subln", "warmup", "kd", "ar", "lrc"]
@@ -92,10 +95,11 @@ def recipe_overrides(name: str, steps: int) -> list[str]:
         "samples": ["objectives=logits_kd", *reconstruct, "data=demo"],
         "fp_layers": ["objectives=logits_kd", *reconstruct, "data=demo",
                       "model.convert.fp_layers=[0,1,-1]"],
-        "demo": ["objectives=logits_kd", *reconstruct, "data=demo",
-                 "model.convert.fp_layers=[0,1,11,-1]",
-                 "model.convert.weight_quant=absmean_channel"],
+        "channel": ["objectives=logits_kd", *reconstruct, "data=demo",
+                    "model.convert.fp_layers=[0,1,11,-1]",
+                    "model.convert.weight_quant=absmean_channel"],
     }
+    recipes["demo"] = [*recipes["channel"], "model.convert.lrc_rank=0.1"]
     recipes["repetition"] = [*recipes["demo"], "+objectives.repetition.weight=1.0"]
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(recipes)}")
@@ -111,9 +115,10 @@ def shared_overrides(scale: str, steps: int, out: Path, name: str, seed: int = 0
         f"training.max_steps={steps}",
         "training.lr=1e-3", "training.warmup_steps=5", "training.scheduler=cosine",
         # every recipe starts from the plain ASV data, no reconstruction, every layer ternary with
-        # one scale per tensor (training=demo has none of these); the last recipes add them back
+        # one scale per tensor and no low-rank correction (training=demo has none of these); the
+        # last recipes add them back
         "data=asv", "training.reconstruct.epochs=0", "model.convert.fp_layers=[]",
-        "model.convert.weight_quant=absmean",
+        "model.convert.weight_quant=absmean", "model.convert.lrc_rank=null",
         f"training.val_every={steps}", f"training.checkpoint_every={steps}",
         "training.keep_last=1", "logging.progress_bar=false", "logging.tensorboard=false",
         f"data.seed={seed}", f"training.seed={seed}",

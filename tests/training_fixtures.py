@@ -58,7 +58,8 @@ def tiny_config(tiny_source, text_files, tmp_path):
             "training.sample_tokens=4",
             "training.eval_before=false",
             "training.reconstruct.epochs=0",  # the demo's stage; tests that want it set it
-            "model.convert.fp_layers=[]",  # the demo keeps 3 layers full precision; tiny has 2
+            "model.convert.fp_layers=[]",  # the demo keeps 4 layers full precision; tiny has 2
+            "model.convert.lrc_rank=null",  # the demo's low-rank correction (LRC tests set it)
             "logging.progress_bar=false",
             "logging.tensorboard=false",
             f"run_dir={tmp_path / 'run'}",

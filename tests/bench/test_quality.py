@@ -21,21 +21,23 @@ def test_every_recipe_composes_into_a_valid_config(tmp_path):
             assert cfg.model.convert.insert_subln is False
         if name in ("warmup", "kd", "ar", "lrc", "haar", "hadamard"):
             assert cfg.training.quant_lambda.warmup_steps == 20
-        if name in ("reconstruct", "samples", "fp_layers", "demo", "repetition"):
+        if name in ("reconstruct", "samples", "fp_layers", "channel", "demo", "repetition"):
             assert cfg.training.reconstruct.epochs == 6 and cfg.training.lr == 3e-4
     # the ladder starts from plain ASV data without reconstruction, whatever training=demo has
     shared = QUALITY["shared_overrides"]("cpu", 40, tmp_path, "sft")
     cfg = compose_train_config([*shared, *QUALITY["recipe_overrides"]("sft", 40)])
     assert cfg.training.reconstruct.epochs == 0 and cfg.data.sources[0].name == "asv"
     assert len(cfg.data.sources) == 1 and cfg.model.convert.fp_layers == []
-    assert cfg.model.convert.weight_quant == "absmean"
+    assert cfg.model.convert.weight_quant == "absmean" and cfg.model.convert.lrc_rank is None
     cfg = compose_train_config([*shared, *QUALITY["recipe_overrides"]("samples", 40)])
     assert [s.name for s in cfg.data.sources] == ["asv", "teacher"]
     assert cfg.model.convert.fp_layers == []
     cfg = compose_train_config([*shared, *QUALITY["recipe_overrides"]("fp_layers", 40)])
     assert cfg.model.convert.fp_layers == [0, 1, -1]
+    cfg = compose_train_config([*shared, *QUALITY["recipe_overrides"]("channel", 40)])
+    assert cfg.model.convert.fp_layers == [0, 1, 11, -1] and cfg.model.convert.lrc_rank is None
     cfg = compose_train_config([*shared, *QUALITY["recipe_overrides"]("demo", 40)])
-    assert cfg.model.convert.fp_layers == [0, 1, 11, -1]
+    assert cfg.model.convert.lrc_rank == 0.1
     assert cfg.model.convert == compose_train_config([]).model.convert  # = training=demo
     assert "repetition" not in cfg.objectives
     cfg = compose_train_config([*shared, *QUALITY["recipe_overrides"]("repetition", 40)])
