@@ -55,6 +55,18 @@ def test_reconstruction_brings_the_ternary_student_closer_to_its_teacher(arch):
         p.grad is None for p in teacher.parameters())  # the teacher is never trained
 
 
+def test_reconstruction_trains_the_low_rank_correction_with_the_layer():
+    # the demo's LRC factors are parameters of the layer: the reconstruction fits them together
+    # with the latent weights, so they leave their SVD initialisation
+    teacher = tiny_model("llama", num_hidden_layers=2)
+    student = convert_model_to_bitnet(copy.deepcopy(teacher), insert_subln=False, lrc_rank=0.25)
+    layer = student.model.layers[1].mlp.down_proj
+    u_before, w_before = layer.lrc_U.detach().clone(), layer.weight.detach().clone()
+    reconstruct_layers(student, teacher, _batches(teacher.config.vocab_size), epochs=2, lr=3e-3,
+                       progress=False)
+    assert not torch.equal(layer.lrc_U, u_before) and not torch.equal(layer.weight, w_before)
+
+
 def test_a_student_equal_to_its_teacher_is_left_as_it_is():
     """Quantization off and no SubLN: the converted model is the teacher (the correctness anchor),
     so every layer's error is 0 and no weight moves (the loss and its gradient are 0)."""
