@@ -21,7 +21,7 @@ ladder is cumulative, as in BitDistill (arXiv 2510.13998, Table 1 ablations):
 
 and two weight-quantization variants on top of ``ar`` (the issue's "same training budget"
 comparison): ``haar`` (ternary Haar-wavelet coefficients) and ``hadamard`` (online Hadamard
-rotation of the o_proj / down_proj inputs, BitNet v2). Two recipes outside the ladder:
+rotation of the o_proj / down_proj inputs, BitNet v2). Recipes outside the ladder:
 
     reconstruct  layer-by-layer reconstruction from the teacher (training.reconstruct, 6 epochs,
                  layer lr 3e-3), then CE + logits KD at lr 3e-4 (BRECQ arXiv 2102.05426)
