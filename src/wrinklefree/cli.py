@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "lm_head, score, classifier)")
     p.add_argument("--fp-layers", nargs="+", type=int, metavar="I",
                    help="decoder layers kept whole in full precision, by index (negative counts "
-                   "from the end; `--fp-layers 0 1 -1` as training=demo). Better quality; GGUF "
+                   "from the end; `--fp-layers 0 1 11 -1` as training=demo). Better quality; GGUF "
                    "and transformers-BitNet export then refuse the model")
     p.add_argument("--calibration-batches", type=at_least(0), default=4, metavar="N",
                    help="batches of ASV training text used to calibrate SubLN gains "
