@@ -16,6 +16,7 @@ from wrinklefree.generate import (
     encode_prompt,
     eos_token_ids,
     generate_ar,
+    generate_batch,
     generate_block_diffusion,
     next_token,
     nucleus,
@@ -143,6 +144,19 @@ def test_greedy_equals_hf_generate():
     got = collect(generate_ar(model, ids, max_new_tokens=20,
                               eos_token_id=model.generation_config.eos_token_id))
     assert got == expected
+
+
+def test_batched_greedy_rows_equal_one_row_decoding():
+    model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3], [8, 2, 2, 40], [1, 1, 1, 1]])
+    got = generate_batch(model, ids, max_new_tokens=12)  # (3, 12)
+    for row, prompt in zip(got.tolist(), ids, strict=True):
+        assert row == collect(generate_ar(model, prompt[None], max_new_tokens=12))
+
+
+def test_batched_rows_pad_with_eos_after_they_finish():
+    got = generate_batch(successor_bigram(), torch.tensor([[3], [5]]), max_new_tokens=10,
+                         eos_token_id=6)
+    assert got.tolist() == [[4, 5, 6], [6, 6, 6]]  # row 1 drew EOS first; stops when all have
 
 
 def test_ar_stops_after_eos():

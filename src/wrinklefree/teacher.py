@@ -72,6 +72,8 @@ class Teacher:
         out = run_model(self.model, batch, requirements, teacher=True)
         if self.vocab_size is not None and out.logits.shape[-1] > self.vocab_size:
             out.logits = out.logits[..., : self.vocab_size]
+            if getattr(out, "on_policy_logits", None) is not None:
+                out.on_policy_logits = out.on_policy_logits[..., : self.vocab_size]
         return out
 
     def _follow(self, device: torch.device) -> None:

@@ -91,6 +91,16 @@ def test_repetition_penalty_trains_beside_kd_and_is_logged(tiny_config):
     assert len(losses_by_step(run_dir, "train/logits_distill/loss")) == 2
 
 
+def test_on_policy_distillation_trains_beside_kd_and_is_logged(tiny_config):
+    run_dir = train_run.train(tiny_config(
+        "objectives=logits_kd",
+        "+objectives.on_policy_distill={weight: 1.0, rows: 1, prompt_tokens: 4, new_tokens: 6}",
+        "training.max_steps=2", "training.checkpoint_every=10"))
+    kl = losses_by_step(run_dir, "train/on_policy_distill/loss")
+    assert len(kl) == 2 and all(0 < v < float("inf") for v in kl.values())
+    assert len(losses_by_step(run_dir, "train/logits_distill/loss")) == 2
+
+
 def test_unknown_and_mistyped_keys_are_named(tiny_config):
     with pytest.raises(ValueError, match="max_stpes"):
         tiny_config("training.max_stpes=3")

@@ -123,33 +123,18 @@ class TeacherSampler:
         return docs  # one per sequence, even empty (EOS drawn first): the count is the key
 
     def _continue(self, prompt: torch.Tensor, eos: int | None, bar=None) -> torch.Tensor:
-        """(n, 1) first tokens -> (n, T) sampled continuations, T <= max_new_tokens: one forward
-        per token on a KV cache, the nucleus sampled by :func:`wrinklefree.generate.next_token`
-        without sorting the vocabulary (transformers' ``generate`` sorted the whole vocabulary of
-        every row and drew over all of it: half its time on CPU). Finished rows are padded with
-        EOS; the loop stops when every row has drawn it."""
-        from transformers import DynamicCache
+        """(n, 1) first tokens -> (n, T) sampled continuations (:func:`generate_batch`)."""
+        from wrinklefree.generate import generate_batch
 
-        from wrinklefree.generate import next_token
+        cfg = self.cfg
 
-        cfg, cache = self.cfg, DynamicCache()
-        out = self.model(input_ids=prompt, past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
-        done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)  # (n,)
-        tokens = []
-        for step in range(cfg.max_new_tokens):
+        def show(step: int) -> None:
             if bar is not None:
                 bar.set_postfix(token=f"{step}/{cfg.max_new_tokens}")
-            token = next_token(out.logits[:, -1], temperature=cfg.temperature,
-                               top_p=cfg.top_p)  # (n,)
-            if eos is not None:
-                token = token.masked_fill(done, eos)
-                done |= token == eos
-            tokens.append(token)
-            if bool(done.all()):
-                break
-            out = self.model(input_ids=token[:, None], past_key_values=cache, use_cache=True)
-        return torch.stack(tokens, dim=1) if tokens else prompt[:, :0]  # (n, T)
+
+        return generate_batch(self.model, prompt, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, top_p=cfg.top_p, eos_token_id=eos,
+                              on_step=show)
 
     def _first_tokens(self, n: int) -> torch.Tensor:
         """(n, 1) first tokens: the BOS, or uniform over the id range minus special tokens."""

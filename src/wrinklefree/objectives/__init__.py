@@ -16,6 +16,7 @@ from wrinklefree.objectives.forward import run_model
 from wrinklefree.objectives.layerwise import LayerwiseDistillObjective, LRCReconstructionObjective
 from wrinklefree.objectives.logits_distill import LogitsDistillObjective
 from wrinklefree.objectives.manager import ManagerOutput, ObjectiveManager
+from wrinklefree.objectives.on_policy import OnPolicyDistillObjective
 from wrinklefree.objectives.repetition import RepetitionObjective
 from wrinklefree.objectives.tcs import TCSDistillObjective
 
@@ -35,6 +36,7 @@ __all__ = [
     "Objective",
     "ObjectiveManager",
     "ObjectiveOutput",
+    "OnPolicyDistillObjective",
     "RepetitionObjective",
     "Requirements",
     "TCSDistillObjective",

@@ -67,6 +67,7 @@ class Objective:
     requires_hidden_states: ClassVar[bool] = False
     requires_attentions: ClassVar[bool] = False
     modifies_input: ClassVar[bool] = False
+    writes_rows: ClassVar[bool] = False  # the student writes rows for it (:meth:`write`)
     reads_noisy_view: ClassVar[bool] = False  # reads the DLM noisy views (``dlm_logits``)
 
     def requirements(self) -> Requirements:
@@ -78,6 +79,11 @@ class Objective:
 
     def preprocess_batch(self, batch: Batch) -> Batch:
         """Return the batch the model should see (only input-modifying objectives change it)."""
+        return batch
+
+    def write(self, batch: Batch, student: Any) -> Batch:
+        """Return the batch with rows the student writes itself (on-policy objectives only),
+        after :meth:`preprocess_batch`."""
         return batch
 
     def forward(

@@ -17,6 +17,7 @@ from wrinklefree.objectives.dlm import DLMObjective
 from wrinklefree.objectives.layerwise import LayerwiseDistillObjective, LRCReconstructionObjective
 from wrinklefree.objectives.logits_distill import LogitsDistillObjective
 from wrinklefree.objectives.manager import ObjectiveManager
+from wrinklefree.objectives.on_policy import OnPolicyDistillObjective
 from wrinklefree.objectives.repetition import RepetitionObjective
 from wrinklefree.objectives.tcs import TCSDistillObjective
 
@@ -32,6 +33,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
         LayerwiseDistillObjective,
         LRCReconstructionObjective,
         RepetitionObjective,
+        OnPolicyDistillObjective,
     )
 }
 

@@ -62,7 +62,8 @@ def run_model(
 
     A batch with ``repetition_ids`` (from ``RepetitionObjective.preprocess_batch``) also runs
     those rows through the student in a second, plain causal forward: ``out.repetition_logits``
-    (R, N, V).
+    (R, N, V). Rows the student wrote (``on_policy_ids``, from ``OnPolicyDistillObjective``) run
+    the same way through student and teacher: ``out.on_policy_logits`` (R, N, V).
     """
     if teacher:
         batch = clean_view(batch)
@@ -106,6 +107,8 @@ def run_model(
             handle.remove()
     if "repetition_ids" in batch:
         out.repetition_logits = model(input_ids=batch["repetition_ids"], use_cache=False).logits
+    if "on_policy_ids" in batch:
+        out.on_policy_logits = model(input_ids=batch["on_policy_ids"], use_cache=False).logits
     if requirements.attentions and not out.attentions:
         raise RuntimeError(f"{type(model).__name__} returned no attentions in eager mode")
     head_dim = _head_dim(model)

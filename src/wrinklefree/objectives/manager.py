@@ -51,6 +51,7 @@ class ObjectiveManager:
     Per training step::
 
         batch = manager.preprocess_batch(batch)
+        batch = manager.write_rows(batch, student)  # on-policy objectives only
         req = manager.requirements()
         out = run_model(student, batch, req)
         t_out = teacher(batch, req) if req.teacher else None
@@ -125,6 +126,15 @@ class ObjectiveManager:
             objective = self.objectives[name]
             if objective.modifies_input:
                 batch = objective.preprocess_batch(batch)
+        return batch
+
+    def write_rows(self, batch: Batch, student: Any) -> Batch:
+        """The batch with the rows that active on-policy objectives have the student write (after
+        :meth:`preprocess_batch`, before the forward); untouched without one."""
+        for name in self.active():
+            objective = self.objectives[name]
+            if objective.writes_rows:
+                batch = objective.write(batch, student)
         return batch
 
     def forward(

@@ -103,6 +103,7 @@ class BitNetModule(L.LightningModule):
         self.windows_consumed += len(batch["input_ids"])
         self._advance_schedules()
         batch = self.manager.preprocess_batch(batch)
+        batch = self.manager.write_rows(batch, self.student)
         needs = self.manager.requirements()
         outputs = run_model(self.student, batch, needs)
         teacher_outputs = self.teacher(batch, needs) if needs.teacher else None
