@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wrinklefree.eval.report import NO_TEACHER, evaluate_model, format_report, ratios_to_teacher
+from wrinklefree.eval.report import (
+    NO_TEACHER,
+    evaluate_model,
+    format_report,
+    held_out_prompts,
+    ratios_to_teacher,
+)
 
 
 def _row(asv: float, english: float, rep4: float = 0.0) -> dict:
-    return {"perplexity": asv, "domains": {"asv": asv, "english": english}, "rep4": rep4,
+    return {"perplexity": asv, "domains": {"asv": asv, "english": english},
+            "degeneration": {"asv": {"rep4": rep4}, "english": {"rep4": rep4 / 2}},
             "distinct2": 1.0, "samples": [{"prompt": "And God said,", "text": " x"}]}
 
 
@@ -22,10 +29,19 @@ def test_ratios_and_table_by_hand():
     table = format_report(report)
     lines = table.splitlines()
     assert lines[0].split() == ["model", "asv", "ppl", "english", "ppl", "asv", "/teacher",
-                                "english", "/teacher", "rep-4", "distinct-2"]
-    assert lines[4].split() == ["trained", "100.00", "600.00", "5.00", "10.00", "0.50", "1.00"]
+                                "english", "/teacher", "asv", "rep-4", "english", "rep-4",
+                                "distinct-2"]
+    assert lines[4].split() == ["trained", "100.00", "600.00", "5.00", "10.00", "0.50", "0.25",
+                                "1.00"]
     assert "2e+07" in lines[3] and NO_TEACHER not in table
     assert "trained   'And God said,' -> ' x'" in table
+
+
+def test_held_out_prompts_open_every_chunk_of_every_window():
+    windows = torch.arange(32).view(2, 16)
+    assert held_out_prompts(windows, per_window=2, length=3).tolist() == [
+        [0, 1, 2], [8, 9, 10], [16, 17, 18], [24, 25, 26]]
+    assert held_out_prompts(windows, per_window=4, length=12).shape == (8, 4)  # chunk-bound
 
 
 def test_without_teacher_it_says_so():
@@ -45,4 +61,7 @@ def test_evaluate_model_on_a_tiny_model(tiny_folder):
     assert result["perplexity"] == result["domains"]["asv"]
     assert [s["prompt"] for s in result["samples"]] == ["And God said,", "The city"]
     assert result["sample"] == result["samples"][0]["text"]
+    assert set(result["degeneration"]) == {"asv", "english"}
+    loops = [d["rep4"] for d in result["degeneration"].values()]
+    assert result["rep4"] == pytest.approx(sum(loops) / 2)
     assert 0.0 <= result["rep4"] <= 1.0 and 0.0 < result["distinct2"] <= 1.0
