@@ -7,7 +7,8 @@ Every recipe converts SmolLM2-135M-Instruct (embedded, offline), trains it with 
 ASV text for the same number of tokens, and is scored on two domains, the held-out ASV and general
 English news that no recipe trains on (the same windows for every recipe), as the ratio of the
 trained student's perplexity to the full-precision teacher's, plus how degenerate its greedy
-samples are (rep-4: repeated 4-grams, distinct-2; ``wrinklefree.eval.degeneration``). With
+text is on held-out prompts of both domains (rep-4: repeated 4-grams, distinct-2, as the
+``wf train`` report measures them; ``wrinklefree.eval.report``). With
 ``--seeds N`` every recipe runs at seeds 0..N-1 (``data.seed`` and ``training.seed``) and the
 table shows mean ± sd. The
 ladder is cumulative, as in BitDistill (arXiv 2510.13998, Table 1 ablations):
