@@ -119,7 +119,9 @@ def test_sampling_flags_map_onto_llama_cpp_and_are_checked():
     kwargs = llamacpp.Sampling(max_new_tokens=7, temperature=0.5, top_p=0.9, seed=3).kwargs()
     assert kwargs == {"max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": 0,
                       "min_p": 0.0, "repeat_penalty": 1.0, "seed": 3}
+    assert llamacpp.Sampling(repetition_penalty=1.2).kwargs()["repeat_penalty"] == 1.2
     for bad, match in (({"temperature": -1}, "temperature"), ({"top_p": 0.0}, "top-p"),
-                       ({"max_new_tokens": 0}, "max-new-tokens")):
+                       ({"max_new_tokens": 0}, "max-new-tokens"),
+                       ({"repetition_penalty": 0.0}, "repetition-penalty")):
         with pytest.raises(ValueError, match=match):
             llamacpp.Sampling(**bad)

@@ -20,6 +20,7 @@ from wrinklefree.generate import (
     generate_block_diffusion,
     next_token,
     nucleus,
+    penalize_repeats,
     resolve_source,
     sample,
     stream_text,
@@ -133,6 +134,37 @@ def test_next_token_rejects_bad_settings():
     with pytest.raises(ValueError, match="temperature"):
         collect(generate_ar(tiny_llama(), torch.tensor([[1]]), max_new_tokens=2, temperature=-1))
     assert int(next_token(torch.tensor([0.1, 3.0, -1.0]))) == 1
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        generate_batch(tiny_llama(), torch.tensor([[1]]), max_new_tokens=2, repetition_penalty=0)
+
+
+def test_repetition_penalty_hand_computed():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    # seen: 2 / 2 = 1 and -1 * 2 = -2 (both drop); unseen tokens keep their logits
+    assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -2.0, 0.5, 3.0]]
+
+
+def test_repetition_penalty_breaks_a_loop_and_equals_hf_generate():
+    """A bigram loop 3 -> 4 -> 3: greedy repeats it; penalised, the second-best successor wins.
+    On a real model the penalty gives transformers' tokens (prompt included in what is seen)."""
+    table = torch.zeros(VOCAB, VOCAB)
+    table[3, 4], table[4, 3], table[3, 5], table[5, 6] = 5.0, 5.0, 4.0, 5.0
+    loop = successor_bigram()
+    loop.table = table
+    assert collect(generate_ar(loop, torch.tensor([[3]]), max_new_tokens=4)) == [4, 3, 4, 3]
+    # θ = 2: 4 -> 3 still wins (5 / 2 > 0), but back at 3 the seen 4 scores 5 / 2 < 4 for 5
+    assert collect(generate_ar(loop, torch.tensor([[3]]), max_new_tokens=4,
+                               repetition_penalty=2.0)) == [4, 3, 5, 6]
+    model, ids = tiny_llama(), torch.tensor([[5, 9, 17, 3], [8, 2, 2, 40]])
+    for row in ids:
+        expected = model.generate(row[None], max_new_tokens=20, do_sample=False,
+                                  repetition_penalty=1.3)[0, ids.shape[1]:].tolist()
+        assert collect(generate_ar(model, row[None], max_new_tokens=20, repetition_penalty=1.3,
+                                   eos_token_id=model.generation_config.eos_token_id)) == expected
+    batched = generate_batch(model, ids, max_new_tokens=20, repetition_penalty=1.3)
+    assert batched[0].tolist() == collect(generate_ar(model, ids[:1], max_new_tokens=20,
+                                                      repetition_penalty=1.3))
 
 
 # ----------------------------------------------------------------------------- autoregressive
@@ -415,6 +447,13 @@ def test_cli_compile_gives_the_eager_greedy_tokens(tmp_path, gpt2_tokenizer, cap
     with pytest.raises(SystemExit):
         main([*args, "--compile", "--mode", "dlm"])
     assert "--compile applies to --mode ar" in capsys.readouterr().err
+    main([*args, "--compile", "--repetition-penalty", "1.3"])  # the flag reaches every decoder
+    penalized = capsys.readouterr().out
+    main([*args, "--repetition-penalty", "1.3"])
+    assert capsys.readouterr().out == penalized
+    with pytest.raises(SystemExit):
+        main([*args, "--mode", "dlm", "--repetition-penalty", "1.3"])
+    assert "--repetition-penalty applies to --mode ar" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ def torch_reply(model, tokenizer, sampling: Sampling) -> Reply:
         ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
         chunks = generate_ar(model, ids, max_new_tokens=sampling.max_new_tokens,
                              temperature=sampling.temperature, top_p=sampling.top_p,
-                             seed=sampling.seed, eos_token_id=eos)
+                             seed=sampling.seed, eos_token_id=eos,
+                             repetition_penalty=sampling.repetition_penalty)
         yield from stream_text(tokenizer, chunks)
 
     return reply

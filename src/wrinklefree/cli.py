@@ -26,6 +26,11 @@ if TYPE_CHECKING:  # torch loads only in the commands that need it
 EMBEDDED_HELP = (
     "'smollm2' (the embedded SmolLM2-135M-Instruct), a .gguf file, a HF folder or hub id"
 )
+REPETITION_HELP = (
+    "lower the logits of tokens already in the prompt or the reply (CTRL's penalty; 1 = off, "
+    "default). 1.2 stops the greedy loops of briefly trained students (docs/generate.md); "
+    "llama.cpp applies it to the last 64 tokens only"
+)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -70,6 +75,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     from wrinklefree.models import check_context
 
+    if args.repetition_penalty != 1.0 and args.mode != "ar":
+        raise ValueError("--repetition-penalty applies to --mode ar (block diffusion commits "
+                         "several tokens at once); drop it for --mode dlm")
     if args.compile and args.mode != "ar":
         raise ValueError("--compile applies to --mode ar (a static-shape decode step); drop "
                          "--compile for --mode dlm")
@@ -106,11 +114,12 @@ def _decoder(args: argparse.Namespace, model: nn.Module, ids: torch.Tensor, eos:
 
     sampling = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
                 "eos_token_id": eos, "stats": stats}
-    if args.mode == "dlm":
+    if args.mode == "dlm":  # cmd_generate refused --repetition-penalty here
         return generate_block_diffusion(
             model, ids, mask_token_id=mask_token_id_of(model, tokenizer),
             max_new_tokens=args.max_new_tokens, block_size=args.block_size,
             threshold=args.threshold, max_steps=args.max_steps, **sampling)
+    sampling["repetition_penalty"] = args.repetition_penalty
     if args.compile:
         from wrinklefree.compiled import generate_ar_compiled
 
@@ -141,7 +150,8 @@ def _generate_llamacpp(args: argparse.Namespace) -> None:
     if not llamacpp.available():
         raise ValueError(f"{args.src}: {llamacpp.INSTALL_HINT}; or pass --backend torch to "
                          "dequantize a llama-architecture GGUF into PyTorch (slow)")
-    sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
+                                args.repetition_penalty)
     llm = llamacpp.load(args.src, n_threads=args.threads, seed=args.seed)
     prompt = sys.stdin.read() if args.prompt is None else args.prompt
     if args.chat:
@@ -164,7 +174,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from wrinklefree import llamacpp
     from wrinklefree.chat import llamacpp_reply, run_chat, torch_reply
 
-    sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
+                                args.repetition_penalty)
     if llamacpp.is_gguf(args.src):
         reply = llamacpp_reply(llamacpp.load(args.src, n_ctx=args.n_ctx, n_threads=args.threads,
                                              seed=args.seed), sampling)
@@ -488,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 = greedy (default); dlm: per masked position")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="THETA",
+                   help=REPETITION_HELP)
     p.add_argument("--block-size", type=int, default=32, help="dlm: tokens per block")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="dlm: unmask positions whose confidence exceeds this (>1: one per step)")
@@ -511,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="THETA",
+                   help=REPETITION_HELP)
     p.add_argument("--packed", action="store_true", help="PyTorch: 2-bit packed BitLinear weights")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     p.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context length")

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from wrinklefree.generate import DecodeStats, _check_sampling, _eos_set, next_token
+from wrinklefree.generate import DecodeStats, _check_sampling, _eos_set, pick_token, seen_tokens
 
 
 @torch.no_grad()
@@ -34,6 +34,7 @@ def generate_ar_compiled(
     seed: int | None = None,
     eos_token_id: int | Iterable[int] | None = None,
     stats: DecodeStats | None = None,
+    repetition_penalty: float = 1.0,
     backend: str = "inductor",
 ) -> Iterator[list[int]]:
     """:func:`wrinklefree.generate.generate_ar` on a ``StaticCache`` sized prompt + new tokens,
@@ -41,7 +42,7 @@ def generate_ar_compiled(
     Same sampling, same tokens up to float reassociation in the compiled graph."""
     from transformers import StaticCache
 
-    _check_sampling(temperature, top_p)
+    _check_sampling(temperature, top_p, repetition_penalty)
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -51,14 +52,16 @@ def generate_ar_compiled(
 
     def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         return model(input_ids=token, past_key_values=cache, use_cache=True,
-                     cache_position=position).logits[0, -1]
+                     cache_position=position).logits[:, -1]
 
     compiled = torch.compile(step, backend=backend, dynamic=False)
     out = model(input_ids=input_ids, past_key_values=cache, use_cache=True,
                 cache_position=torch.arange(length), logits_to_keep=1)
-    logits = out.logits[0, -1]
+    logits = out.logits[:, -1]  # (1, V)
+    seen = seen_tokens(input_ids, logits.shape[-1], repetition_penalty)  # (1, V) or None
     for i in range(max_new_tokens):
-        token = next_token(logits, temperature=temperature, top_p=top_p, generator=generator)
+        token = pick_token(logits, seen, repetition_penalty=repetition_penalty,
+                           temperature=temperature, top_p=top_p, generator=generator)  # (1,)
         stats.new_tokens += 1
         yield [int(token)]
         if int(token) in eos or i == max_new_tokens - 1:

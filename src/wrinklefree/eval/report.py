@@ -28,12 +28,14 @@ NO_TEACHER = ("teacher not evaluated (training.eval_before=false, model.teacher=
 
 
 @torch.no_grad()
-def greedy_ids(model, tokenizer, prompt: str, new_tokens: int) -> list[int]:
-    """The ids of a greedy continuation of ``prompt`` (prompt excluded), at most ``new_tokens``."""
+def greedy_ids(model, tokenizer, prompt: str, new_tokens: int,
+               repetition_penalty: float = 1.0) -> list[int]:
+    """The ids of a greedy continuation of ``prompt`` (prompt excluded), at most ``new_tokens``
+    (cut after the first end-of-sequence token)."""
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
-    out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.eos_token_id)
-    return out[0, ids.shape[1]:].tolist()
+    out = generate_batch(model, ids, max_new_tokens=new_tokens, eos_token_id=tokenizer.eos_token_id,
+                         repetition_penalty=repetition_penalty)[0].tolist()  # (T,)
+    return out[: out.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in out else out
 
 
 def held_out_prompts(windows: torch.Tensor, per_window: int = 4,
@@ -46,35 +48,45 @@ def held_out_prompts(windows: torch.Tensor, per_window: int = 4,
 
 
 @torch.no_grad()
-def held_out_degeneration(model, windows: torch.Tensor, new_tokens: int) -> dict[str, float]:
+def held_out_degeneration(model, windows: torch.Tensor, new_tokens: int,
+                          repetition_penalty: float = 1.0) -> dict[str, float]:
     """Mean rep-4 and distinct-2 of greedy continuations of :func:`held_out_prompts` (one
     batch, ``new_tokens`` each)."""
     prompts = held_out_prompts(windows).to(next(model.parameters()).device)
-    return degeneration(generate_batch(model, prompts, max_new_tokens=new_tokens).tolist())
+    return degeneration(generate_batch(model, prompts, max_new_tokens=new_tokens,
+                                       repetition_penalty=repetition_penalty).tolist())
 
 
 def evaluate_model(model, tokenizer, windows: dict[str, torch.Tensor], prompts: list[str],
-                   new_tokens: int) -> dict[str, Any]:
+                   new_tokens: int, repetition_penalty: float = 1.0) -> dict[str, Any]:
     """Perplexity on every domain's windows, greedy samples of ``prompts`` to read, and how
     degenerate greedy decoding is on every domain's held-out prompts.
 
     ``perplexity`` stays the ASV number (what reports before two domains held), ``domains`` has
-    all of them; ``degeneration`` is ``{domain: {rep4, distinct2}}`` and ``rep4`` / ``distinct2``
-    their means over the domains; ``sample`` is the first prompt's continuation.
+    all of them; ``degeneration`` is ``{domain: {rep4, distinct2}}`` of plain greedy decoding and
+    ``rep4`` / ``distinct2`` their means over the domains; ``sample`` is the first prompt's
+    continuation. With a ``repetition_penalty`` != 1 the samples are decoded with it, and
+    ``degeneration_penalized`` / ``rep4_penalized`` measure the same prompts with it: the loops
+    of the model itself stay in ``degeneration``.
     """
     domains = {name: perplexity(model, w) for name, w in windows.items()}
     samples = []
     for prompt in prompts:
-        ids = greedy_ids(model, tokenizer, prompt, new_tokens)
+        ids = greedy_ids(model, tokenizer, prompt, new_tokens, repetition_penalty)
         samples.append({"prompt": prompt, "text": tokenizer.decode(ids, skip_special_tokens=True),
                         **degeneration([ids])})
     result: dict[str, Any] = {"perplexity": domains.get("asv", next(iter(domains.values()))),
-                              "domains": domains, "samples": samples}
+                              "domains": domains, "samples": samples,
+                              "repetition_penalty": repetition_penalty}
     if new_tokens > 0:
-        loops = {name: held_out_degeneration(model, w, new_tokens) for name, w in windows.items()}
-        result["degeneration"] = loops
-        for key in ("rep4", "distinct2"):
-            result[key] = sum(d[key] for d in loops.values()) / len(loops)
+        penalties = {"": 1.0} if repetition_penalty == 1.0 else {"": 1.0, "_penalized":
+                                                                  repetition_penalty}
+        for suffix, penalty in penalties.items():
+            loops = {name: held_out_degeneration(model, w, new_tokens, penalty)
+                     for name, w in windows.items()}
+            result["degeneration" + suffix] = loops
+            for key in ("rep4", "distinct2"):
+                result[key + suffix] = sum(d[key] for d in loops.values()) / len(loops)
     if samples:
         result["sample"] = samples[0]["text"]
     return result
@@ -92,14 +104,17 @@ def ratios_to_teacher(report: dict[str, Any]) -> dict[str, dict[str, float]] | N
 
 def format_report(report: dict[str, Any]) -> str:
     """A compact table (teacher / converted / trained x ppl per domain, ratios, rep-4 per domain
-    on held-out prompts, distinct-2), then the samples: what ``wf train`` prints at the end."""
+    on held-out prompts, distinct-2, rep-4 under the repetition penalty when one is set), then
+    the samples: what ``wf train`` prints at the end."""
     rows = [r for r in ROWS if r in report and "domains" in report[r]]
     if not rows:
         return "no evaluation ran (training.eval_before=false and no training steps)"
     domains = list(report[rows[0]]["domains"])
     ratios = ratios_to_teacher(report) or {}
+    penalty = report[rows[0]].get("repetition_penalty", 1.0)
+    penalized = [f"rep-4 θ={penalty:g}"] if penalty != 1.0 else []
     header = ["model", *[f"{d} ppl" for d in domains], *[f"{d} /teacher" for d in domains],
-              *[f"{d} rep-4" for d in domains], "distinct-2"]
+              *[f"{d} rep-4" for d in domains], "distinct-2", *penalized]
     table = [header]
     for row in rows:
         r = report[row]
@@ -107,7 +122,8 @@ def format_report(report: dict[str, Any]) -> str:
         table.append([row, *[_num(r["domains"].get(d)) for d in domains],
                       *[_num(ratio.get(d)) for d in domains],
                       *[_num(r.get("degeneration", {}).get(d, {}).get("rep4"), 2)
-                        for d in domains], _num(r.get("distinct2"), 2)])
+                        for d in domains], _num(r.get("distinct2"), 2),
+                      *[_num(r.get("rep4_penalized"), 2) for _ in penalized]])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w)
                        for i, (v, w) in enumerate(zip(line, widths, strict=True)))
@@ -115,7 +131,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     if "teacher" not in report:
         lines.append(NO_TEACHER)
-    lines.append("greedy samples:")
+    if penalized:
+        lines.append(f"rep-4: greedy on held-out prompts; {penalized[0]}: the same with the "
+                     f"repetition penalty {penalty:g} (training.sample_repetition_penalty)")
+    lines.append("greedy samples" + (f" (repetition penalty {penalty:g}):" if penalized else ":"))
     label = max(len(row) for row in rows)
     for row in rows:
         for s in report[row].get("samples", []):

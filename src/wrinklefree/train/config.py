@@ -97,6 +97,9 @@ class TrainingConfig:
         "And God said,", "The history of the city", "Once upon a time,",
         "The best way to learn a language is"])
     sample_tokens: int = 24
+    # != 1: the samples are decoded with CTRL's repetition penalty and the report adds the loop
+    # measure under it; plain greedy loops are always measured (eval/report.py)
+    sample_repetition_penalty: float = 1.0
     eval_before: bool = True  # report teacher / converted-student perplexity before training
 
 
@@ -331,6 +334,8 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("training.quant_lambda.end", _unit, "a number in [0, 1] (1 = ternary)"),
     ("training.quant_lambda.warmup_steps", _at_least(0), "an integer >= 0"),
     ("training.sample_tokens", _at_least(0), "an integer >= 0"),
+    ("training.sample_repetition_penalty", lambda v: v > 0 and math.isfinite(v),
+     "a number > 0 (1 = off, 1.2 = CTRL's)"),
     ("training.reconstruct.epochs", _at_least(0), "an integer >= 0 (0 = no reconstruction)"),
     ("training.reconstruct.batches", _at_least(1), "an integer >= 1"),
     ("training.reconstruct.lr", lambda v: v > 0 and math.isfinite(v), "a number > 0"),

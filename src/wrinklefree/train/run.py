@@ -169,7 +169,7 @@ def _evaluate(model, tokenizer, cfg: DictConfig,
               windows: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Perplexity per evaluation domain, greedy samples and their degeneration (eval/report.py)."""
     return evaluate_model(model, tokenizer, windows, list(cfg.training.sample_prompts),
-                          cfg.training.sample_tokens)
+                          cfg.training.sample_tokens, cfg.training.sample_repetition_penalty)
 
 
 def train(config: DictConfig | dict) -> Path:
