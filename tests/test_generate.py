@@ -467,3 +467,10 @@ def test_smollm2_chat_answer_streams_and_stops_at_eos():
         model, ids, max_new_tokens=30, eos_token_id=eos_token_ids(model, tokenizer), stats=stats)))
     assert text.strip() == "The capital of France is Paris."
     assert stats.new_tokens < 30  # stopped at the chat end-of-turn token
+
+
+def test_cli_sampling_flags_are_checked_by_name_before_any_model_loads(tmp_path, capsys):
+    for flag, value in (("--repetition-penalty", "0"), ("--top-p", "0"), ("--temperature", "-1")):
+        with pytest.raises(SystemExit):  # the folder does not exist: nothing was loaded
+            main(["generate", str(tmp_path / "missing"), "--prompt", "x", flag, value])
+        assert f"{flag} must be" in capsys.readouterr().err

@@ -73,8 +73,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         load_for_generation,
         stream_text,
     )
+    from wrinklefree.llamacpp import Sampling
     from wrinklefree.models import check_context
 
+    # every sampling flag checked, by its name, before a model loads (both backends)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
+                        args.repetition_penalty)
     if args.repetition_penalty != 1.0 and args.mode != "ar":
         raise ValueError("--repetition-penalty applies to --mode ar (block diffusion commits "
                          "several tokens at once); drop it for --mode dlm")
@@ -82,7 +86,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise ValueError("--compile applies to --mode ar (a static-shape decode step); drop "
                          "--compile for --mode dlm")
     if _runs_in_llamacpp(args):
-        _generate_llamacpp(args)
+        _generate_llamacpp(args, sampling)
         return
     # oneDNN's pre-packed weights are opaque to torch.compile: compile packs for torch._int_mm
     model, tokenizer = load_for_generation(args.src, packed=args.packed,
@@ -141,7 +145,7 @@ def _runs_in_llamacpp(args: argparse.Namespace) -> bool:
     return args.backend == "auto" and not torch_only and is_gguf(args.src)
 
 
-def _generate_llamacpp(args: argparse.Namespace) -> None:
+def _generate_llamacpp(args: argparse.Namespace, sampling) -> None:
     """`wf generate x.gguf`: stream from llama.cpp with the same sampling flags."""
     import time
 
@@ -150,8 +154,6 @@ def _generate_llamacpp(args: argparse.Namespace) -> None:
     if not llamacpp.available():
         raise ValueError(f"{args.src}: {llamacpp.INSTALL_HINT}; or pass --backend torch to "
                          "dequantize a llama-architecture GGUF into PyTorch (slow)")
-    sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
-                                args.repetition_penalty)
     llm = llamacpp.load(args.src, n_threads=args.threads, seed=args.seed)
     prompt = sys.stdin.read() if args.prompt is None else args.prompt
     if args.chat:

@@ -157,11 +157,11 @@ def pick_token(logits: torch.Tensor, seen: torch.Tensor | None, *, repetition_pe
                generator: torch.Generator | None = None) -> torch.Tensor:
     """:func:`next_token` of logits (n, V) after :func:`penalize_repeats`; the picked tokens (n,)
     join ``seen`` in place. The one step every autoregressive decoder here takes."""
-    if seen is not None:
-        logits = penalize_repeats(logits, seen, repetition_penalty)
+    if seen is None:
+        return next_token(logits, temperature=temperature, top_p=top_p, generator=generator)
+    logits = penalize_repeats(logits, seen, repetition_penalty)
     token = next_token(logits, temperature=temperature, top_p=top_p, generator=generator)
-    if seen is not None:
-        seen.scatter_(1, token[:, None], True)
+    seen.scatter_(1, token[:, None], True)
     return token
 
 

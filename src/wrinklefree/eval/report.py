@@ -79,17 +79,24 @@ def evaluate_model(model, tokenizer, windows: dict[str, torch.Tensor], prompts: 
                               "domains": domains, "samples": samples,
                               "repetition_penalty": repetition_penalty}
     if new_tokens > 0:
-        penalties = {"": 1.0} if repetition_penalty == 1.0 else {"": 1.0, "_penalized":
-                                                                  repetition_penalty}
-        for suffix, penalty in penalties.items():
-            loops = {name: held_out_degeneration(model, w, new_tokens, penalty)
-                     for name, w in windows.items()}
-            result["degeneration" + suffix] = loops
-            for key in ("rep4", "distinct2"):
-                result[key + suffix] = sum(d[key] for d in loops.values()) / len(loops)
+        result.update(_loops(model, windows, new_tokens, 1.0, suffix=""))
+        if repetition_penalty != 1.0:
+            result.update(_loops(model, windows, new_tokens, repetition_penalty,
+                                 suffix="_penalized"))
     if samples:
         result["sample"] = samples[0]["text"]
     return result
+
+
+def _loops(model, windows: dict[str, torch.Tensor], new_tokens: int, repetition_penalty: float,
+           suffix: str) -> dict[str, Any]:
+    """``degeneration<suffix>`` per domain and its ``rep4<suffix>`` / ``distinct2<suffix>``
+    means over the domains."""
+    loops = {name: held_out_degeneration(model, w, new_tokens, repetition_penalty)
+             for name, w in windows.items()}
+    means = {key + suffix: sum(d[key] for d in loops.values()) / len(loops)
+             for key in ("rep4", "distinct2")}
+    return {"degeneration" + suffix: loops, **means}
 
 
 def ratios_to_teacher(report: dict[str, Any]) -> dict[str, dict[str, float]] | None:
