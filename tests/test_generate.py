@@ -456,6 +456,28 @@ def test_cli_compile_gives_the_eager_greedy_tokens(tmp_path, gpt2_tokenizer, cap
     assert "--repetition-penalty applies to --mode ar" in capsys.readouterr().err
 
 
+def test_cli_repetition_penalty_defaults_to_the_models_generation_config(tmp_path, capsys,
+                                                                           gpt2_tokenizer):
+    """A `wf train` student carries its penalty in generation_config.json: `wf generate` decodes
+    with it, says so on stderr, and an explicit --repetition-penalty wins (1 = plain greedy)."""
+    model = convert_model_to_bitnet(tiny_llama(vocab_size=len(gpt2_tokenizer), seed=3),
+                                    calibrate=False)
+    model.generation_config.repetition_penalty = 3.0
+    model.save_pretrained(tmp_path)
+    gpt2_tokenizer.save_pretrained(tmp_path)
+
+    def cli(*flags):
+        main(["generate", str(tmp_path), "--prompt", "In the beginning", "--max-new-tokens",
+              "12", *flags])
+        return capsys.readouterr()
+
+    default, explicit, plain = cli(), cli("--repetition-penalty", "3"), cli(
+        "--repetition-penalty", "1")
+    assert default.out == explicit.out != plain.out
+    assert "repetition penalty 3 from the model's generation_config.json" in default.err
+    assert "generation_config" not in explicit.err + plain.err
+
+
 @pytest.mark.slow
 def test_smollm2_chat_answer_streams_and_stops_at_eos():
     from wrinklefree.generate import load_for_generation

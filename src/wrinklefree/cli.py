@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,9 +28,11 @@ EMBEDDED_HELP = (
     "'smollm2' (the embedded SmolLM2-135M-Instruct), a .gguf file, a HF folder or hub id"
 )
 REPETITION_HELP = (
-    "lower the logits of tokens already in the prompt or the reply (CTRL's penalty; 1 = off, "
-    "default). 1.2 stops the greedy loops of briefly trained students (docs/generate.md); "
-    "llama.cpp applies it to the last 64 tokens only"
+    "lower the logits of tokens already in the prompt or the reply (CTRL's penalty; 1 = off). "
+    "Default: the model's generation_config.json (a `wf train` student: its "
+    "training.sample_repetition_penalty, 1.2 for training=demo), else 1; a .gguf file: 1. 1.2 "
+    "stops the greedy loops of briefly trained students (docs/generate.md); llama.cpp applies "
+    "it to the last 64 tokens only"
 )
 
 
@@ -78,8 +81,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     # every sampling flag checked, by its name, before a model loads (both backends)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
-                        args.repetition_penalty)
-    if args.repetition_penalty != 1.0 and args.mode != "ar":
+                        _penalty_flag(args))
+    if args.repetition_penalty not in (None, 1.0) and args.mode != "ar":
         raise ValueError("--repetition-penalty applies to --mode ar (block diffusion commits "
                          "several tokens at once); drop it for --mode dlm")
     if args.compile and args.mode != "ar":
@@ -123,12 +126,31 @@ def _decoder(args: argparse.Namespace, model: nn.Module, ids: torch.Tensor, eos:
             model, ids, mask_token_id=mask_token_id_of(model, tokenizer),
             max_new_tokens=args.max_new_tokens, block_size=args.block_size,
             threshold=args.threshold, max_steps=args.max_steps, **sampling)
-    sampling["repetition_penalty"] = args.repetition_penalty
+    sampling["repetition_penalty"] = _repetition_penalty(args, model)
     if args.compile:
         from wrinklefree.compiled import generate_ar_compiled
 
         return generate_ar_compiled(model, ids, max_new_tokens=args.max_new_tokens, **sampling)
     return generate_ar(model, ids, max_new_tokens=args.max_new_tokens, **sampling)
+
+
+def _penalty_flag(args: argparse.Namespace) -> float:
+    """--repetition-penalty as given, 1 (off) when not given: what a .gguf file runs with."""
+    return 1.0 if args.repetition_penalty is None else args.repetition_penalty
+
+
+def _repetition_penalty(args: argparse.Namespace, model: nn.Module) -> float:
+    """--repetition-penalty, else the one the model recommends (generation_config.json), which
+    is said on stderr so that a penalised greedy text is never mistaken for plain greedy."""
+    from wrinklefree.generate import model_repetition_penalty
+
+    if args.repetition_penalty is not None:
+        return args.repetition_penalty
+    theta = model_repetition_penalty(model)
+    if theta != 1.0:
+        print(f"[repetition penalty {theta:g} from the model's generation_config.json; "
+              "--repetition-penalty 1 turns it off]", file=sys.stderr)
+    return theta
 
 
 def _runs_in_llamacpp(args: argparse.Namespace) -> bool:
@@ -177,14 +199,16 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from wrinklefree.chat import llamacpp_reply, run_chat, torch_reply
 
     sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
-                                args.repetition_penalty)
+                                _penalty_flag(args))
     if llamacpp.is_gguf(args.src):
         reply = llamacpp_reply(llamacpp.load(args.src, n_ctx=args.n_ctx, n_threads=args.threads,
                                              seed=args.seed), sampling)
     else:
         from wrinklefree.generate import load_for_generation
 
-        reply = torch_reply(*load_for_generation(args.src, packed=args.packed), sampling)
+        model, tokenizer = load_for_generation(args.src, packed=args.packed)
+        sampling = replace(sampling, repetition_penalty=_repetition_penalty(args, model))
+        reply = torch_reply(model, tokenizer, sampling)
     run_chat(reply, system=args.system)
 
 
@@ -501,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 = greedy (default); dlm: per masked position")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="THETA",
+    p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
                    help=REPETITION_HELP)
     p.add_argument("--block-size", type=int, default=32, help="dlm: tokens per block")
     p.add_argument("--threshold", type=float, default=0.9,
@@ -526,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="THETA",
+    p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
                    help=REPETITION_HELP)
     p.add_argument("--packed", action="store_true", help="PyTorch: 2-bit packed BitLinear weights")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")

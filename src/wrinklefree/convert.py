@@ -361,6 +361,10 @@ def load_bitnet(path: str | Path, *, torch_dtype: torch.dtype | None = None, **m
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.tie_weights()
+    if (path / "generation_config.json").is_file():  # e.g. the repetition penalty of `wf train`
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(path)
     if torch_dtype is not None:
         model.to(torch_dtype)
     return model.eval()

@@ -143,6 +143,14 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
+def model_repetition_penalty(model: nn.Module) -> float:
+    """The repetition penalty a model recommends for itself, ``generation_config.
+    repetition_penalty`` (where ``wf train`` writes its ``training.sample_repetition_penalty`` and
+    transformers' ``generate()`` reads it), else 1.0 (off)."""
+    theta = getattr(getattr(model, "generation_config", None), "repetition_penalty", None)
+    return 1.0 if theta is None else float(theta)
+
+
 def seen_tokens(input_ids: torch.Tensor, vocab_size: int,
                 repetition_penalty: float) -> torch.Tensor | None:
     """(n, L) ids -> (n, V) bool, the tokens of each row's prompt; None when the penalty is off."""

@@ -65,7 +65,9 @@ def test_subln_llama_loads_as_bitnet_for_causal_lm_with_exact_logits(tiny_dir, t
 
 def test_plain_ternary_llama_keeps_its_class(tmp_path):
     folder = save_tiny(tmp_path / "plain", insert_subln=False, tie_word_embeddings=False)
+    (folder / "generation_config.json").write_text('{"repetition_penalty": 1.2}')
     loaded = _parity(folder, tmp_path / "hf")
+    assert loaded.generation_config.repetition_penalty == 1.2  # transformers' generate() uses it
     assert type(loaded).__name__ == "LlamaForCausalLM"
     assert loaded.lm_head.weight.dtype == torch.float64  # excluded layers stay full precision
     assert loaded.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8

@@ -59,9 +59,11 @@ def test_resume_after_crash_reproduces_the_loss_curve(tiny_config, tmp_path, mon
 
 
 def test_stage1_convert_only_writes_a_loadable_model(tiny_config):
-    run_dir = train_run.train(tiny_config("training=stage1_subln"))
+    run_dir = train_run.train(tiny_config("training=stage1_subln",
+                                          "training.sample_repetition_penalty=1.3"))
     model = load_bitnet(run_dir / "final")
     assert model.config.bitnet["insert_subln"] is True
+    assert model.generation_config.repetition_penalty == 1.3  # the samples' decoding travels
     assert (run_dir / "config.yaml").is_file() and (run_dir / "report.json").is_file()
 
 

@@ -154,6 +154,8 @@ def export_hf(model: nn.Module, out: str | Path, tokenizer_dir: str | Path | Non
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
     _hf_config(model, bitnet_class, keep).save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:  # e.g. a trained repetition penalty
+        model.generation_config.save_pretrained(out)
     if tokenizer_dir is not None:
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
     return {k: (str(v.dtype).removeprefix("torch."), v.numel() * v.element_size())

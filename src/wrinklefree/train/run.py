@@ -383,6 +383,10 @@ def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
     """Save ``final/`` (loadable with load_bitnet), evaluate it, write report.json and the plot."""
     set_quant_lambda(student, cfg.training.quant_lambda.end)
     final = run_dir / "final"
+    if getattr(student, "generation_config", None) is not None:
+        # the decoding of the report's samples travels with the model (generation_config.json):
+        # `wf generate`, `wf chat`, `wf export` and transformers' generate() start from it
+        student.generation_config.repetition_penalty = cfg.training.sample_repetition_penalty
     student.save_pretrained(final)
     tokenizer.save_pretrained(final)
     if cfg.training.max_steps != 0:
