@@ -67,6 +67,23 @@ def test_stage1_convert_only_writes_a_loadable_model(tiny_config):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "report.json").is_file()
 
 
+def test_stage3_distill_trains_and_exports_to_gguf_not_hf(tiny_config, tmp_path):
+    """The exportable recipe: reconstruction, per-channel scales, BitDistill's loss; GGUF holds
+    a per-channel scale, transformers' BitNet refuses it naming the fix."""
+    from wrinklefree.export import export_model
+
+    run_dir = train_run.train(tiny_config("training=stage3_distill", "training.max_steps=2",
+                                          "training.warmup_steps=0",
+                                          "training.reconstruct={epochs: 1, batches: 1}"))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert len(report["reconstruction_errors"]) == 2 and report["trained"]["perplexity"] > 0
+    assert load_bitnet(run_dir / "final").config.bitnet["weight_quant"] == "absmean_channel"
+    sizes = export_model(run_dir, tmp_path / "m.gguf", "gguf")
+    assert sizes["blk.0.attn_q.weight"][1] > 0
+    with pytest.raises(ValueError, match="model.convert.weight_quant=absmean"):
+        export_model(run_dir, tmp_path / "hf", "hf")
+
+
 def test_curriculum_phase_switches_the_data_mixture(tiny_config, text_files):
     run_dir = train_run.train(tiny_config(
         f"data.sources=[{{name: words, path: '{text_files['words']}', weight: 1.0}}, "

@@ -110,7 +110,9 @@ def _check_hf(layers) -> None:
         if layer.weight_quant in PER_CHANNEL_QUANTS:
             raise ValueError(
                 f"{name}: transformers' BitLinear has one weight_scale per layer; per-channel "
-                "scales (absmean_channel) can only be exported to GGUF"
+                "scales (absmean_channel, training=demo's and stage3_distill's) can only be "
+                "exported to GGUF: export with --format gguf, or train with "
+                "model.convert.weight_quant=absmean"
             )
         if not layer.quantize_activations:
             raise ValueError(
