@@ -199,7 +199,9 @@ def test_kill_9_during_saves_leaves_an_intact_checkpoint(tmp_path):
 def test_resume_auto_falls_back_from_a_damaged_last_checkpoint(tiny_config):
     run_dir = train_steps(tiny_config, 3)
     last = run_dir / "checkpoints" / "last.ckpt"
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # a kill during a copy
+    data = last.read_bytes()  # last.ckpt links to step-3.ckpt; a half-copied last replaces it
+    last.unlink()
+    last.write_bytes(data[: len(data) // 3])  # a kill during a copy
     with pytest.warns(UserWarning, match="last.ckpt is damaged"):
         train_steps(tiny_config, 4, "resume=auto")
     assert global_step(last) == 4

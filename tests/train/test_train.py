@@ -47,7 +47,9 @@ def test_resume_after_crash_reproduces_the_loss_curve(tiny_config, tmp_path, mon
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run.train(tiny_config(*DLM_CURRICULUM, f"run_dir={crashed_dir}"))
     monkeypatch.setattr(BitNetModule, "training_step", original)
-    assert (crashed_dir / "checkpoints" / "last.ckpt").is_file()
+    last = crashed_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file() and last.is_symlink()  # a link to step-3.ckpt, not a second copy
+    assert last.resolve() == (crashed_dir / "checkpoints" / "step-3.ckpt").resolve()
     train_run.train(tiny_config(*DLM_CURRICULUM, f"run_dir={crashed_dir}", "resume=auto"))
     resumed = losses_by_step(crashed_dir)
     assert sorted(resumed) == sorted(expected)

@@ -348,11 +348,12 @@ def _build_trainer(cfg: DictConfig, run_dir: Path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     # no version counter: a name clash must overwrite, never leave last-v1.ckpt beside a stale
-    # last.ckpt that resume=auto would pick
+    # last.ckpt that resume=auto would pick. last.ckpt is a link to the step-N.ckpt just written,
+    # not a second copy: the demo's checkpoints are 1.7 GB each (written once, stored once)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step-{step}", monitor="step", mode="max",
         save_top_k=cfg.training.keep_last, every_n_train_steps=cfg.training.checkpoint_every,
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+        save_last="link", auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list = [checkpoint]
     if cfg.logging.progress_bar:
         callbacks.append(_progress_bar())
