@@ -17,8 +17,11 @@ perplexity of the generated continuations given their prompts (quality as the fu
 model judges it; lower is better, but degenerate repetition also scores low, so read it with the
 samples), its ratio to the AR row, and the speed-up over AR. Beside the table: the student's
 masked ELBO (nats/token, an upper bound on its NLL under the block-diffusion factorisation) and
-its AR perplexity on held-out windows. Writes ``dlm.json`` and ``dlm.png`` (speed vs teacher
-perplexity) into ``--out``; the table goes to stdout.
+its AR perplexity on held-out windows, and the first denoising step of every held-out block per
+offset (confidence, accuracy, fraction above each τ, positions committed per block:
+:func:`wrinklefree.eval.parallel.block_confidence`), which says why the rows commit what they do.
+Writes ``dlm.json`` and ``dlm.png`` (speed vs teacher perplexity) into ``--out``; the tables go
+to stdout.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 
 from wrinklefree.data.heldout import heldout_windows
 from wrinklefree.eval.elbo import block_masked_elbo
+from wrinklefree.eval.parallel import block_confidence
 from wrinklefree.eval.perplexity import mean_nll
 from wrinklefree.generate import (
     DecodeStats,
@@ -124,6 +128,7 @@ def measure(student: nn.Module, tokenizer, teacher: nn.Module, *, block_size: in
     if mask_id is None:
         raise ValueError("the student has no mask token (config.mask_token_id): train it with "
                          "the DLM objective (model.dlm=true, e.g. training=dlm_demo)")
+    thresholds = list(thresholds)
     student.eval()
     teacher.eval()
     rows = [decode_row("AR", lambda ids, stats: generate_ar(
@@ -141,6 +146,7 @@ def measure(student: nn.Module, tokenizer, teacher: nn.Module, *, block_size: in
         row["speedup"] = row["decode_tok_s"] / ar["decode_tok_s"]
         row["ppl_ratio"] = row["teacher_ppl"] / ar["teacher_ppl"]
         row["sample"] = tokenizer.decode(row.pop("samples")[0], skip_special_tokens=True)
+    confidence = block_confidence(student, elbo_windows, mask_id, block_size, thresholds)
     elbo = block_masked_elbo(student, elbo_windows, mask_id, block_size,
                              num_samples=elbo_samples)
     ar_nll = mean_nll(student, elbo_windows)
@@ -154,6 +160,7 @@ def measure(student: nn.Module, tokenizer, teacher: nn.Module, *, block_size: in
         "student_elbo_ppl_bound": math.exp(elbo),
         "student_ar_ppl": math.exp(ar_nll),
         "elbo_windows": list(elbo_windows.shape),
+        "confidence": confidence,
     }
 
 
@@ -172,7 +179,22 @@ def table(result: dict[str, Any]) -> str:
                  f"{result['student_ar_ppl']:.1f}")
     for r in result["rows"]:
         lines.append(f"  {r['name']}: {r['sample'][:100]!r}")
-    return "\n".join(lines)
+    return "\n".join(lines + confidence_table(result["confidence"]))
+
+
+def confidence_table(confidence: dict[str, Any]) -> list[str]:
+    """The first denoising step per block offset (why the rows above commit what they do)."""
+    taus = list(confidence["first_step"])
+    lines = [f"first denoising step of {confidence['blocks']} held-out blocks (opening token "
+             "known, the rest masked), per offset in the block:",
+             f"{'offset':>6} {'confidence':>11} {'accuracy':>9} "
+             + " ".join(f"{'> ' + format(t, 'g'):>7}" for t in taus)]
+    for row in confidence["offsets"]:
+        lines.append(f"{row['offset']:>6} {row['confidence']:>11.3f} {row['accuracy']:>9.3f} "
+                     + " ".join(f"{row['above'][t]:>7.3f}" for t in taus))
+    lines.append("positions the first step commits per block: "
+                 + ", ".join(f"τ={t:g}: {n:.2f}" for t, n in confidence["first_step"].items()))
+    return lines
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

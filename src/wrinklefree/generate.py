@@ -414,6 +414,22 @@ def generate_block_diffusion(
         last_logits, head = out.logits[0, -1], []
 
 
+def without_mask(logits: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """(..., V) float32 copy of the logits with the mask token ruled out (never emitted)."""
+    logits = logits.float().clone()
+    if mask_token_id < logits.shape[-1]:
+        logits[..., mask_token_id] = -math.inf
+    return logits
+
+
+def greedy_fill(logits: torch.Tensor, mask_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., V) -> (tokens, confidence), each (...): the greedy choice of block diffusion for a
+    masked position, its argmax over every token but the mask and that token's probability (the
+    confidence compared with the threshold: Fast-dLLM v2's confidence-aware parallel decoding)."""
+    confidence, tokens = without_mask(logits, mask_token_id).softmax(-1).max(-1)
+    return tokens, confidence
+
+
 class _Picker:
     """Token and confidence per row of logits (S, V): greedy (argmax, its probability) or a
     sample from the top-p nucleus of softmax(logits / T) with its probability under
@@ -425,12 +441,9 @@ class _Picker:
         self.generator = generator
 
     def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = logits.float().clone()  # (S, V)
-        if self.mask_token_id < logits.shape[-1]:
-            logits[:, self.mask_token_id] = -math.inf
         if self.temperature == 0.0:
-            confidence, tokens = logits.softmax(-1).max(-1)  # (S,), (S,)
-            return tokens, confidence
+            return greedy_fill(logits, self.mask_token_id)
+        logits = without_mask(logits, self.mask_token_id)  # (S, V)
         probs = (logits / self.temperature).softmax(-1)  # (S, V)
         tokens = sample(probs, self.top_p, self.generator)  # (S,)
         # confidence before the nucleus renormalisation, so truncation does not inflate it

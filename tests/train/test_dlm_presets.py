@@ -44,7 +44,12 @@ def test_dlm_demo_trains_through_its_curriculum_and_benches(tiny_config, tiny_so
     saved = json.loads((out / "dlm.json").read_text())
     assert [r["name"] for r in saved["rows"]] == list(rows)
     assert (out / "dlm.png").stat().st_size > 0
-    assert "teacher ppl" in capsys.readouterr().out
+    confidence = result["confidence"]  # 4 blocks of 8 in the 32-token window
+    assert [r["offset"] for r in confidence["offsets"]] == list(range(1, 8))
+    assert confidence["blocks"] == 4 and confidence["first_step"][2.0] == 1.0  # τ > 1: one
+    assert 1.0 <= confidence["first_step"][0.5] <= 7.0
+    printed = capsys.readouterr().out
+    assert "teacher ppl" in printed and "first denoising step" in printed
 
 
 def test_dlm_distill_runs_end_to_end(tiny_config, tiny_source, tmp_path):
