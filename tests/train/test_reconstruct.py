@@ -33,10 +33,10 @@ def _kl_to_teacher(student, teacher, batches) -> float:
 
 
 def test_relative_error_against_hand_values():
-    # outputs [3, 4] vs targets [0, 4] and [1] vs [2]: Σ(o-t)² = 9 + 1 = 10, Σt² = 16 + 4 = 20
-    outputs = [torch.tensor([[[3.0, 4.0]]]), torch.tensor([[[1.0]]])]
-    targets = [torch.tensor([[[0.0, 4.0]]]), torch.tensor([[[2.0]]])]
-    assert _relative_error(outputs, targets) == pytest.approx(0.5)
+    # per token: [3, 4] vs [0, 4] -> 9 / 16; [1] vs [2] -> 1 / 4; [2] vs [2] -> 0; mean of three
+    outputs = [torch.tensor([[[3.0, 4.0]]]), torch.tensor([[[1.0], [2.0]]])]
+    targets = [torch.tensor([[[0.0, 4.0]]]), torch.tensor([[[2.0], [2.0]]])]
+    assert _relative_error(outputs, targets) == pytest.approx((9 / 16 + 1 / 4 + 0) / 3)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

@@ -83,8 +83,9 @@ def reconstruct_layers(
     Both models must have the same architecture (the student is the converted teacher). Each
     layer gets ``epochs`` passes over ``batches`` with AdamW at ``lr`` (cosine to lr/10). Both
     models move to ``device`` (default: the student's). Returns, per layer after its training, the
-    summed relative squared error Σ||s - t||² / Σ||t||² of its output on the calibration batches
-    (a report: the minimised loss weights every token the same, see the module docstring).
+    loss it minimised on the calibration batches: the mean over tokens of ||s - t||² / ||t||²
+    (the summed error Σ||s - t||² / Σ||t||² reads ~0.98 from SmolLM2's layer 11 on, where a few
+    tokens carry massive activations that the ternary layer deliberately does not chase).
     """
     if epochs <= 0:
         return []
@@ -148,6 +149,7 @@ def _fit_layer(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch
 
 
 def _relative_error(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-    pairs = zip(outputs, targets, strict=True)
-    error = sum(float((o.float() - t.float()).pow(2).sum()) for o, t in pairs)
-    return error / max(sum(float(t.float().pow(2).sum()) for t in targets), 1e-30)
+    """Mean over every token of every batch of ||s - t||² / ||t||² (the fitted loss)."""
+    per_token = [(o.float() - t.float()).pow(2).sum(-1) / t.float().pow(2).sum(-1).clamp(min=1e-12)
+                 for o, t in zip(outputs, targets, strict=True)]  # (B, L) each
+    return float(torch.cat([p.flatten() for p in per_token]).mean())
