@@ -18,7 +18,6 @@ block-diffusion students under the factorisation their decoder uses (Fast-dLLM v
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -26,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from wrinklefree.eval.perplexity import evaluating
 from wrinklefree.objectives.block_diffusion import block_diffusion_forward, default_positions
 from wrinklefree.objectives.dlm import maskable_positions
 
@@ -84,7 +84,7 @@ def masked_elbo(
     _check_options(windows, num_samples, eps)
     maskable = maskable_positions({"labels": windows})  # (N, L): all but position 0
     total = 0.0
-    with _evaluating(model) as device:
+    with evaluating(model) as device:
         for _, chunk, mask, rate in masked_draws(windows, maskable, num_samples=num_samples,
                                                  eps=eps, batch_size=batch_size, seed=seed,
                                                  progress=progress):
@@ -157,7 +157,7 @@ def block_masked_elbo(
     _check_options(windows, num_samples, eps)
     maskable = default_positions(windows) % block_size != 0  # not position 0, not block-opening
     total = 0.0
-    with _evaluating(model) as device:
+    with evaluating(model) as device:
         for k, chunk, mask, rate in masked_draws(windows, maskable, num_samples=num_samples,
                                                  eps=eps, batch_size=batch_size, seed=seed):
             ar, diffusion = block_elbo_terms(model, chunk.to(device), mask.to(device),
@@ -200,15 +200,3 @@ def _check_options(windows: torch.Tensor, num_samples: int, eps: float) -> None:
         raise ValueError(f"need num_samples >= 1 and 0 < eps < 1, got {num_samples}, {eps}")
     if windows.shape[1] < 2:
         raise ValueError(f"windows need at least 2 tokens, got {windows.shape[1]}")
-
-
-@contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[torch.device]:
-    """The model in eval mode (dropout off: the bound is of the deterministic model) for the
-    block, its training flag restored after; yields the device its parameters are on."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield next(model.parameters()).device
-    finally:
-        model.train(was_training)

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from wrinklefree.eval.perplexity import evaluating
 from wrinklefree.generate import greedy_fill
 from wrinklefree.objectives.block_diffusion import block_diffusion_forward, default_positions
 
@@ -36,38 +38,34 @@ def block_confidence(
 
     Returns ``offsets``: one row per offset o in 1..block_size-1 (``confidence``, ``accuracy``,
     ``above`` {τ: fraction}), and ``first_step``: {τ: mean positions committed per block}, over
-    the blocks whose masked positions all lie inside the windows.
+    the whole blocks of the windows (a trailing partial block is left out).
     """
     if block_size < 2 or windows.shape[1] < block_size:
         raise ValueError(f"need block_size >= 2 and windows of at least one block, got "
                          f"block_size {block_size}, windows {tuple(windows.shape)}")
     thresholds = [float(t) for t in thresholds]
     whole = windows.shape[1] // block_size * block_size  # whole blocks only
-    windows = windows[:, :whole]
-    offset = default_positions(windows) % block_size  # (N, L)
-    noisy = windows.masked_fill(offset != 0, mask_token_id)  # every block: opening token + masks
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model) as device:
+        windows = windows[:, :whole].to(device)
+        offset = default_positions(windows) % block_size  # (N, L)
+        noisy = windows.masked_fill(offset != 0, mask_token_id)  # opening token + masks
         out = block_diffusion_forward(model, windows, noisy, block_size)
-    finally:
-        model.train(was_training)
     # token shift: the noisy logits at i - 1 predict position i
     tokens, confidence = greedy_fill(out.dlm_logits[:, :-1], mask_token_id)  # (N, L-1) each
-    correct = tokens == windows[:, 1:]
-    offset = offset[:, 1:]
-    rows = []
-    for o in range(1, block_size):
-        at = offset == o
-        rows.append({
-            "offset": o,
-            "confidence": float(confidence[at].mean()),
-            "accuracy": float(correct[at].float().mean()),
-            "above": {t: float((confidence[at] > t).float().mean()) for t in thresholds},
-        })
-    # per block (N, blocks, block_size - 1): the masked positions of each block, in order
-    per_block = confidence.reshape(-1)[(offset != 0).reshape(-1)].view(-1, block_size - 1)
-    first_step = {t: float((per_block > t).sum(-1).clamp(min=1).float().mean())
+    correct = (tokens == windows[:, 1:]).float()
+
+    def by_block(values: torch.Tensor) -> torch.Tensor:
+        """(N, L-1) over positions 1.. -> (N·blocks, block_size - 1) over offsets 1.."""
+        return F.pad(values, (1, 0)).view(-1, block_size)[:, 1:]
+
+    confidence, correct = by_block(confidence), by_block(correct)
+    rows = [{
+        "offset": o,
+        "confidence": float(confidence[:, o - 1].mean()),
+        "accuracy": float(correct[:, o - 1].mean()),
+        "above": {t: float((confidence[:, o - 1] > t).float().mean()) for t in thresholds},
+    } for o in range(1, block_size)]
+    first_step = {t: float((confidence > t).sum(-1).clamp(min=1).float().mean())
                   for t in thresholds}
     return {"block_size": block_size, "offsets": rows, "first_step": first_step,
-            "blocks": int(per_block.shape[0])}
+            "blocks": int(confidence.shape[0])}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -51,19 +53,29 @@ def mean_nll(
     Every window is scored independently from its first token (position 0 is context only);
     the mean is over tokens, so models compare exactly when given the same windows.
     """
+    total_nll, total_tokens = 0.0, 0
+    with evaluating(model) as device:
+        for chunk in tqdm(windows.split(batch_size), desc="nll", disable=not progress):
+            chunk = chunk.to(device)
+            logits = model(input_ids=chunk, use_cache=False).logits[:, :-1]  # (B, L-1, V)
+            targets = chunk[:, 1:]  # (B, L-1)
+            nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                  reduction="sum")
+            total_nll += float(nll)
+            total_tokens += targets.numel()
+    return total_nll / total_tokens
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[torch.device]:
+    """The model in eval mode (dropout off: every score is of the deterministic model) for the
+    block, its training flag restored after, even on error; yields its parameters' device."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
-    for chunk in tqdm(windows.split(batch_size), desc="nll", disable=not progress):
-        chunk = chunk.to(device)
-        logits = model(input_ids=chunk, use_cache=False).logits[:, :-1]  # (B, L-1, V)
-        targets = chunk[:, 1:]  # (B, L-1)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
-        total_nll += float(nll)
-        total_tokens += targets.numel()
-    model.train(was_training)
-    return total_nll / total_tokens
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
 
 
 def perplexity(

@@ -139,17 +139,21 @@ def _fit_layer(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch
         for i in torch.randperm(len(inputs), generator=generator).tolist():
             for group in optimizer.param_groups:  # cosine from lr to lr/10 over the layer's steps
                 group["lr"] = lr * lr_multiplier(step, "cosine", steps, warmup=0, min_ratio=0.1)
-            out = _run_layer(layer, inputs[i], kwargs[i])  # (B, L, H)
-            valid = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
-            loss = hidden_state_loss(out, targets[i], valid, "mse_per_token")
+            loss = _per_token_error(_run_layer(layer, inputs[i], kwargs[i]), targets[i])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
 
 
+def _per_token_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The fitted loss of one batch (B, L, H): mean over its tokens of ||s - t||² / ||t||²."""
+    valid = torch.ones(output.shape[:2], dtype=torch.bool, device=output.device)
+    return hidden_state_loss(output, target, valid, "mse_per_token")
+
+
 def _relative_error(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-    """Mean over every token of every batch of ||s - t||² / ||t||² (the fitted loss)."""
-    per_token = [(o.float() - t.float()).pow(2).sum(-1) / t.float().pow(2).sum(-1).clamp(min=1e-12)
-                 for o, t in zip(outputs, targets, strict=True)]  # (B, L) each
-    return float(torch.cat([p.flatten() for p in per_token]).mean())
+    """:func:`_per_token_error` over every token of every batch (batches weighted by tokens)."""
+    pairs = list(zip(outputs, targets, strict=True))
+    total = sum(float(_per_token_error(o, t)) * o.shape[:2].numel() for o, t in pairs)
+    return total / sum(o.shape[:2].numel() for o, _ in pairs)
