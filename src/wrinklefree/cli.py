@@ -82,12 +82,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # every sampling flag checked, by its name, before a model loads (both backends)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
                         _penalty_flag(args))
-    if args.repetition_penalty not in (None, 1.0) and args.mode != "ar":
-        raise ValueError("--repetition-penalty applies to --mode ar (block diffusion commits "
-                         "several tokens at once); drop it for --mode dlm")
+    if args.repetition_penalty not in (None, 1.0) and args.mode == "dlm":
+        raise ValueError("--repetition-penalty applies to --mode ar and speculative (block "
+                         "diffusion commits several tokens at once); drop it for --mode dlm")
     if args.compile and args.mode != "ar":
         raise ValueError("--compile applies to --mode ar (a static-shape decode step); drop "
-                         "--compile for --mode dlm")
+                         f"--compile for --mode {args.mode}")
+    if args.mode == "speculative" and (args.temperature != 0.0 or args.top_p != 1.0):
+        raise ValueError("--mode speculative reproduces greedy decoding (temperature 0); drop "
+                         "--temperature / --top-p, or sample with --mode ar")
     if _runs_in_llamacpp(args):
         _generate_llamacpp(args, sampling)
         return
@@ -108,15 +111,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     print()
     compiled = " and the compilation" if args.compile else ""
+    # the prompt pass yields the first token: AR reads exactly 1.00 new token per forward
+    per_forward = stats.new_tokens / (stats.model_calls + 1)
     print(f"[{stats.new_tokens} tokens in {seconds:.2f} s ({stats.new_tokens / seconds:.1f} tok/s "
-          f"incl. the prompt{compiled}), {stats.model_calls} decoding forward passes]",
-          file=sys.stderr)
+          f"incl. the prompt{compiled}), {stats.model_calls} decoding forward passes, "
+          f"{per_forward:.2f} new tokens per forward]", file=sys.stderr)
 
 
 def _decoder(args: argparse.Namespace, model: nn.Module, ids: torch.Tensor, eos: set[int], *,
              tokenizer, stats: DecodeStats) -> Iterator[list[int]]:
     """The token-chunk generator ``wf generate`` streams: AR (eager, or with --compile a static
-    KV cache and a compiled decode step) or block diffusion, all with the same sampling flags."""
+    KV cache and a compiled decode step), block diffusion, all with the same sampling flags, or
+    self-speculation (greedy AR's text, several tokens per forward)."""
     from wrinklefree.generate import generate_ar, generate_block_diffusion, mask_token_id_of
 
     sampling = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
@@ -127,6 +133,13 @@ def _decoder(args: argparse.Namespace, model: nn.Module, ids: torch.Tensor, eos:
             max_new_tokens=args.max_new_tokens, block_size=args.block_size,
             threshold=args.threshold, max_steps=args.max_steps, **sampling)
     sampling["repetition_penalty"] = _repetition_penalty(args, model)
+    if args.mode == "speculative":  # cmd_generate refused sampling here
+        from wrinklefree.speculative import generate_speculative
+
+        return generate_speculative(
+            model, ids, mask_token_id=mask_token_id_of(model, tokenizer),
+            max_new_tokens=args.max_new_tokens, block_size=args.block_size,
+            eos_token_id=eos, stats=stats, repetition_penalty=sampling["repetition_penalty"])
     if args.compile:
         from wrinklefree.compiled import generate_ar_compiled
 
@@ -158,11 +171,12 @@ def _runs_in_llamacpp(args: argparse.Namespace) -> bool:
     (block diffusion, --packed, --compile)."""
     from wrinklefree.llamacpp import is_gguf
 
-    torch_only = args.mode == "dlm" or args.packed or args.compile
+    torch_only = args.mode != "ar" or args.packed or args.compile
     if args.backend == "llamacpp":
         if torch_only:
             raise ValueError("--backend llamacpp runs eager autoregressive decoding only; drop "
-                             "--mode dlm / --packed / --compile, or use --backend torch")
+                             "--mode dlm / speculative, --packed, --compile, or use --backend "
+                             "torch")
         return True
     return args.backend == "auto" and not torch_only and is_gguf(args.src)
 
@@ -505,13 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text (autoregressive or block diffusion)",
                        description="Stream text from a model: autoregressive decoding with a KV "
-                       "cache, or Fast-dLLM v2 block diffusion for models trained with the DLM "
-                       "objective. SRC may also be a trainer run folder (its final/ model).")
+                       "cache, Fast-dLLM v2 block diffusion for models trained with the DLM "
+                       "objective, or self-speculation (their greedy AR text, drafted by the "
+                       "diffusion view). SRC may also be a trainer run folder (its final/ model).")
     p.add_argument("src", help=f"model: a run folder, {EMBEDDED_HELP}")
     p.add_argument("--prompt", help="prompt text (default: read stdin)")
     p.add_argument("--max-new-tokens", type=at_least(1), default=128, metavar="N")
-    p.add_argument("--mode", choices=["ar", "dlm"], default="ar",
-                   help="ar: autoregressive; dlm: block diffusion (DLM-trained models only)")
+    p.add_argument("--mode", choices=["ar", "dlm", "speculative"], default="ar",
+                   help="ar: autoregressive; dlm: block diffusion (DLM-trained models only); "
+                   "speculative: greedy AR's exact text, drafted by the diffusion view and "
+                   "verified by the causal view in one forward (DLM-trained models)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--packed", action="store_true",
                    help="converted models: ternary weights as int8 codes multiplied with int8 "
@@ -527,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
                    help=REPETITION_HELP)
-    p.add_argument("--block-size", type=int, default=32, help="dlm: tokens per block")
+    p.add_argument("--block-size", type=int, default=32,
+                   help="dlm, speculative: tokens per block (the student's training block size)")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="dlm: unmask positions whose confidence exceeds this (>1: one per step)")
     p.add_argument("--max-steps", type=int, default=None,
