@@ -48,9 +48,8 @@ from wrinklefree.generate import (
     generate_block_diffusion,
     load_for_generation,
     mask_token_id_of,
-    resolve_source,
 )
-from wrinklefree.models import load_model
+from wrinklefree.models import load_model, resolve_source
 
 DEFAULT_THRESHOLDS = (0.9, 0.7, 0.5)
 

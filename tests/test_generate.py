@@ -6,6 +6,7 @@ import torch.nn as nn
 from transformers import DynamicCache, GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.assets import gpt2_tokenizer_dir
+from wrinklefree.block_diffusion import block_diffusion_forward
 from wrinklefree.cli import main
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.errors import UserInputError
@@ -21,11 +22,10 @@ from wrinklefree.generate import (
     next_token,
     nucleus,
     penalize_repeats,
-    resolve_source,
     sample,
     stream_text,
 )
-from wrinklefree.objectives.block_diffusion import block_diffusion_forward
+from wrinklefree.models import resolve_source
 
 VOCAB = 128
 MASK = VOCAB - 1

@@ -10,9 +10,8 @@ import wrinklefree as wf
 
 def test_public_entry_points_are_at_the_root():
     from wrinklefree.convert import convert_model_to_bitnet, load_bitnet
-    from wrinklefree.nn import BitLinear
+    from wrinklefree.nn import BitLinear, set_quant_lambda
     from wrinklefree.objectives import create_objective_manager
-    from wrinklefree.quant import set_quant_lambda
 
     assert wf.convert_model_to_bitnet is convert_model_to_bitnet
     assert wf.load_bitnet is load_bitnet

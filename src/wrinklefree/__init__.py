@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "BitNetConfig": "wrinklefree.convert",
+    "BitNetConfig": "wrinklefree.nn.surgery",
     "convert_model_to_bitnet": "wrinklefree.convert",
     "calibrate_subln": "wrinklefree.convert",
     "load_bitnet": "wrinklefree.convert",
     "load_model": "wrinklefree.models",
     "load_tokenizer": "wrinklefree.models",
     "BitLinear": "wrinklefree.nn",
-    "set_quant_lambda": "wrinklefree.quant",
+    "set_quant_lambda": "wrinklefree.nn",
     "create_objective_manager": "wrinklefree.objectives",
     "export_model": "wrinklefree.export",
     "UserInputError": "wrinklefree.errors",
@@ -48,18 +48,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static tools see the real objects
-    from wrinklefree.convert import (
-        BitNetConfig,
-        calibrate_subln,
-        convert_model_to_bitnet,
-        load_bitnet,
-    )
+    from wrinklefree.convert import calibrate_subln, convert_model_to_bitnet, load_bitnet
     from wrinklefree.errors import UserInputError
     from wrinklefree.export import export_model
     from wrinklefree.models import load_model, load_tokenizer
-    from wrinklefree.nn import BitLinear
+    from wrinklefree.nn import BitLinear, set_quant_lambda
+    from wrinklefree.nn.surgery import BitNetConfig
     from wrinklefree.objectives import create_objective_manager
-    from wrinklefree.quant import set_quant_lambda
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -21,65 +21,25 @@ from safetensors.torch import load_file
 
 from wrinklefree.errors import UserInputError
 from wrinklefree.nn import BitLinear, convert_bitlinear_to_lrc
+from wrinklefree.nn.surgery import (
+    CONFIG_KEY,
+    BitNetConfig,
+    bitnet_config_of,
+    record_bitnet,
+    replace_modules,
+)
 from wrinklefree.quant import fwht
 
-CONFIG_KEY = "bitnet"
-
-
-@dataclass
-class BitNetConfig:
-    """What :func:`convert_model_to_bitnet` does; stored in ``config.json`` under ``bitnet``.
-
-    Attributes:
-        exclude: regexes (``re.search`` on qualified module names) of linears kept in full
-            precision. Embeddings are never ``nn.Linear``; heads are excluded by default.
-        fp_layers: decoder layers kept whole in full precision, by index (negative counts from
-            the end: ``[0, 1, -1]`` = the first two and the last). They keep the teacher's
-            weights and no SubLN, so they can still write the massive activations the ternary
-            layers cannot (docs/benchmarks.md). llama.cpp's bitnet and transformers' BitNet
-            cannot hold them (both exports refuse); ``load_bitnet`` runs them as they are.
-        insert_subln: RMSNorm before the input of the modules named in ``subln_targets``.
-        subln_targets: leaf names of the projections that get a SubLN (BitDistill stage 1).
-        quant_lambda: initial quantization strength (0 = full precision, 1 = ternary).
-        quantize_activations: per-token int8 activations.
-        weight_quant: a key of :data:`wrinklefree.quant.WEIGHT_QUANTIZERS` (``"haar"``: ternary
-            Haar-wavelet coefficients, see docs/variants.md).
-        hadamard: online Hadamard rotation of the input of ``hadamard_targets`` (BitNet v2
-            H-BitLinear); their weights are rotated at conversion, so the function is unchanged.
-        hadamard_targets: leaf names of the projections that get the Hadamard rotation.
-        lrc_rank: add a low-rank correction U·Vᵀ to every BitLinear (LRC): a float fraction of
-            min(in, out) or an int rank; None = no correction.
-        lrc_init: ``svd_residual`` (SVD of W - Q(W)) or ``kaiming`` (U = 0, V random).
-    """
-
-    exclude: list[str] = field(default_factory=lambda: [r"(^|\.)lm_head$", r"(^|\.)score$",
-                                                        r"(^|\.)classifier$"])
-    fp_layers: list[int] = field(default_factory=list)
-    insert_subln: bool = True
-    subln_targets: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
-    quant_lambda: float = 1.0
-    quantize_activations: bool = True
-    weight_quant: str = "absmean"
-    hadamard: bool = False
-    hadamard_targets: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
-    lrc_rank: float | int | None = None
-    lrc_init: str = "svd_residual"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= float(self.quant_lambda) <= 1.0:
-            raise UserInputError(
-                f"quant_lambda={self.quant_lambda} is outside [0, 1] (0 = full precision, "
-                "1 = ternary); use a value in that range"
-            )
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BitNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown BitNet option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**data)
-
+__all__ = [
+    "BitNetConfig",
+    "UnsupportedModelError",
+    "bitnet_config_of",
+    "build_bitnet",
+    "calibrate_subln",
+    "convert_for_loading",
+    "convert_model_to_bitnet",
+    "load_bitnet",
+]
 
 def _fp_layer_patterns(model: nn.Module, fp_layers: Iterable[int]) -> list[str]:
     """Regexes of the decoder layers in ``fp_layers`` (negative indices count from the end)."""
@@ -116,11 +76,6 @@ def _quantizable_linears(model: nn.Module, exclude: Iterable[str],
 
 class UnsupportedModelError(UserInputError, TypeError):
     """The model has no ``nn.Linear`` projections to convert (a TypeError for older callers)."""
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def convert_model_to_bitnet(
@@ -182,7 +137,8 @@ def convert_model_to_bitnet(
     # SubLN shares the decoder's RMSNorm epsilon: llama.cpp's and transformers' BitNet
     # architectures have one epsilon for every norm, so exports stay faithful.
     subln_eps = float(getattr(getattr(model, "config", None), "rms_norm_eps", 1e-6))
-    for name, linear in targets:
+
+    def to_bitlinear(name: str, linear: nn.Linear) -> BitLinear:
         layer = BitLinear.from_linear(
             linear,
             quant_lambda=config.quant_lambda,
@@ -195,13 +151,26 @@ def convert_model_to_bitnet(
         if layer.hadamard:  # W' = W·Hᵀ (H symmetric: rotate each row), so W'·(H·x) = W·x
             with torch.no_grad():
                 layer.weight.copy_(fwht(layer.weight, layer.hadamard_block))
-        _set_submodule(model, name, layer)
+        return layer
+
+    target_names = {name for name, _ in targets}
+    replace_modules(model, lambda name, _: name in target_names, to_bitlinear)
     if config.insert_subln and calibration_batches is not None:
         calibrate_subln(model, calibration_batches)
     if config.lrc_rank is not None:
         convert_bitlinear_to_lrc(model, config.lrc_rank, init=config.lrc_init)
-    if hasattr(model, "config"):
-        setattr(model.config, CONFIG_KEY, asdict(config))
+    record_bitnet(model, config)
+    return model
+
+
+def convert_for_loading(model: nn.Module, options: BitNetConfig) -> nn.Module:
+    """Convert a model whose weights are loaded afterwards (a checkpoint's architecture rebuilt,
+    a classifier given a converted decoder): SubLN gains and LRC factors come with the weights,
+    so the gains stay 1 and the factors skip their SVD initialisation on weights about to be
+    replaced. ``options`` is recorded as given."""
+    build = options if options.lrc_rank is None else replace(options, lrc_init="kaiming")
+    convert_model_to_bitnet(model, build, calibrate=False)
+    record_bitnet(model, options)
     return model
 
 
@@ -287,13 +256,6 @@ def calibrate_subln(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
             m.sub_norm.weight.copy_((num / den.clamp(min=1e-12)).to(m.sub_norm.weight.dtype))
 
 
-def bitnet_config_of(model_or_config) -> BitNetConfig | None:
-    """The conversion options recorded on a model or HF config, or None if not converted."""
-    config = getattr(model_or_config, "config", model_or_config)
-    data = getattr(config, CONFIG_KEY, None)
-    return BitNetConfig.from_dict(dict(data)) if data else None
-
-
 def build_bitnet(hf_config, **model_kwargs) -> nn.Module:
     """The converted architecture an HF config records (``config.bitnet``), with fresh weights:
     load a state dict into it (as :func:`load_bitnet` does, or after sharded training)."""
@@ -309,12 +271,7 @@ def build_bitnet(hf_config, **model_kwargs) -> nn.Module:
     model_cls = getattr(transformers, arch, None) if arch else None
     if model_cls is None:
         raise ValueError(f"unknown architecture {arch!r} in the config's 'architectures'")
-    model = model_cls._from_config(hf_config, **model_kwargs)
-    # LRC factors come from the checkpoint: skip the SVD init on the random weights.
-    build = options if options.lrc_rank is None else replace(options, lrc_init="kaiming")
-    convert_model_to_bitnet(model, build, calibrate=False)  # the gains come with the weights
-    setattr(model.config, CONFIG_KEY, asdict(options))
-    return model
+    return convert_for_loading(model_cls._from_config(hf_config, **model_kwargs), options)
 
 
 def load_bitnet(path: str | Path, *, torch_dtype: torch.dtype | None = None, **model_kwargs):

@@ -6,7 +6,7 @@ Both decoders are generators of token-id chunks, so the same loop streams to a t
 converted BitNet models, packed models from :func:`wrinklefree.nn.packed.pack_model`).
 
 Block diffusion follows Fast-dLLM v2 (arXiv 2509.26328) with the layout our DLM objective trains
-(:mod:`wrinklefree.objectives.block_diffusion`): blocks aligned to absolute positions, committed
+(:mod:`wrinklefree.block_diffusion`): blocks aligned to absolute positions, committed
 blocks encoded causally into a KV cache, the block being denoised attending bidirectionally to
 itself and to that cache, and token shift (the logits at position i-1 predict the token at i).
 Each step re-runs only the block and commits every masked position whose confidence exceeds a
@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from transformers import DynamicCache
+
+from wrinklefree.block_diffusion import attention_bias, model_dtype
+from wrinklefree.models import load_model, load_tokenizer, resolve_source
 
 NOT_DLM_HINT = "this model was not trained with the DLM objective; use --mode ar"
 
@@ -42,14 +45,6 @@ class DecodeStats:
 # ----------------------------------------------------------------------------- loading
 
 
-def resolve_source(src: str) -> str:
-    """A run folder's ``final/`` model, else ``src`` checked: :func:`wrinklefree.models.
-    resolve_source` (one rule for every command; a mistyped local path is not a hub id)."""
-    from wrinklefree.models import resolve_source as resolve
-
-    return resolve(src)
-
-
 def load_for_generation(src: str, *, packed: bool = False,
                         onednn: bool = True) -> tuple[nn.Module, object]:
     """Model (eval mode) and tokenizer from a run folder or anything ``load_model`` accepts.
@@ -59,8 +54,6 @@ def load_for_generation(src: str, *, packed: bool = False,
     weights, or with ``onednn=False`` on ``torch._int_mm``, which ``torch.compile`` can trace
     (:mod:`wrinklefree.compiled`).
     """
-    from wrinklefree.models import load_model, load_tokenizer
-
     src = resolve_source(src)
     model = load_model(src)
     if packed:
@@ -455,8 +448,6 @@ def block_attention_mask(model: nn.Module, size: int, past: int,
     """The 4D mask of a block being denoised on top of ``past`` cached tokens: every query sees
     the whole cache (the committed blocks) and the whole block (bidirectional), the training
     layout's noisy-view row. -> (1, 1, size, past + size) for the model's attention."""
-    from wrinklefree.objectives.block_diffusion import attention_bias, model_dtype
-
     allowed = torch.ones(1, 1, size, past + size, dtype=torch.bool, device=device)
     return attention_bias(allowed, model, model_dtype(model))
 

@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 
 from wrinklefree import assets
-from wrinklefree.convert import bitnet_config_of, load_bitnet
+from wrinklefree.convert import load_bitnet
 from wrinklefree.errors import UserInputError
+from wrinklefree.nn.surgery import bitnet_config_of
 
 EMBEDDED = "smollm2"
 

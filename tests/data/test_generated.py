@@ -11,7 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.data.cache import TokenStore
 from wrinklefree.data.config import DataConfig, SourceConfig, as_data_config
-from wrinklefree.data.generated import TeacherSampler, batch_seed, model_identity
+from wrinklefree.data.generated import TeacherSampler, batch_seed
+from wrinklefree.data.identity import model_identity
 from wrinklefree.data.mixture import build_train_stream
 
 SAMPLING = {"num_docs": 5, "max_new_tokens": 6, "batch_size": 2, "seed": 3,

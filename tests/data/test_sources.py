@@ -9,7 +9,8 @@ import pytest
 
 from wrinklefree.data.config import DataConfig, SourceConfig, as_data_config
 from wrinklefree.data.heldout import asv_split
-from wrinklefree.data.sources import iter_documents, source_files, source_identity
+from wrinklefree.data.identity import source_identity
+from wrinklefree.data.sources import iter_documents, source_files
 
 
 def test_text_file_documents_are_blank_line_paragraphs(tmp_path):

@@ -18,8 +18,8 @@ from wrinklefree.export.gguf import (
     fp_tensor_type,
     ternary_tensor_type,
 )
-from wrinklefree.export.pack import ternary_state
 from wrinklefree.models import load_model
+from wrinklefree.nn.ternary import ternary_state
 
 Q = gguf.GGMLQuantizationType
 

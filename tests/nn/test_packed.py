@@ -4,7 +4,7 @@ from exact_ternary import make_weights_exactly_ternary
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.convert import convert_model_to_bitnet
-from wrinklefree.nn import BitLinear
+from wrinklefree.nn import BitLinear, set_quant_lambda
 from wrinklefree.nn.packed import (
     PackedBitLinear,
     int8_activation,
@@ -12,7 +12,6 @@ from wrinklefree.nn.packed import (
     pack_model,
     weight_bytes,
 )
-from wrinklefree.quant import set_quant_lambda
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -120,7 +119,7 @@ def _float64_replay(model, recorded: dict[str, list]) -> None:
     BitLinear by the int8 activations the packed model recorded for it: the fake-quant formula
     (q / s_x) @ (codes * s_w)^T + b with the same quantized activations, so a rounding tie that
     the two float orders break differently cannot make the comparison flaky on any CPU."""
-    from wrinklefree.export.pack import ternary_state
+    from wrinklefree.nn.ternary import ternary_state
 
     for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, BitLinear)]:
         codes, scale = ternary_state(layer)

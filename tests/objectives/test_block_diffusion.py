@@ -8,13 +8,13 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from wrinklefree.objectives import DLMObjective, Requirements, run_model
-from wrinklefree.objectives.block_diffusion import (
+from wrinklefree.block_diffusion import (
     block_diffusion_forward,
     block_diffusion_mask,
     check_layout_support,
     document_ids,
 )
+from wrinklefree.objectives import DLMObjective, Requirements, run_model
 
 
 def rows(text: str) -> torch.Tensor:

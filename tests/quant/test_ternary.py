@@ -6,7 +6,6 @@ from wrinklefree.quant import (
     LambdaWarmup,
     absmax_activation_quant,
     absmean_scale,
-    set_quant_lambda,
     ste_mix,
     ternary_codes,
     ternary_weight_quant,
@@ -87,7 +86,7 @@ def test_lambda_warmup_rejects_bad_shape():
 
 def test_set_quant_lambda(llama):
     from wrinklefree.convert import convert_model_to_bitnet
-    from wrinklefree.nn import BitLinear
+    from wrinklefree.nn import BitLinear, set_quant_lambda
 
     convert_model_to_bitnet(llama, insert_subln=False)
     n = set_quant_lambda(llama, 0.3)

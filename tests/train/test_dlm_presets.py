@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wrinklefree.data.cache import tokenizer_fingerprint
+from wrinklefree.data.identity import tokenizer_fingerprint
 from wrinklefree.models import load_tokenizer
 from wrinklefree.train import run as train_run
 from wrinklefree.train.plot import read_metrics

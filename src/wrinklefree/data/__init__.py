@@ -3,7 +3,7 @@
 Start at :func:`build_train_stream` (the training windows) and :func:`build_val_windows`.
 """
 
-from wrinklefree.data.cache import TokenStore, tokenizer_fingerprint
+from wrinklefree.data.cache import TokenStore
 from wrinklefree.data.config import DataConfig, RemixConfig, SourceConfig, as_data_config
 from wrinklefree.data.heldout import (
     DOMAINS,
@@ -12,6 +12,7 @@ from wrinklefree.data.heldout import (
     domain_windows,
     heldout_windows,
 )
+from wrinklefree.data.identity import tokenizer_fingerprint
 from wrinklefree.data.influence import (
     InfluenceRemixer,
     build_probe_batch,

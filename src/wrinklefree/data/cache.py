@@ -21,42 +21,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from wrinklefree.data.config import SourceConfig
-from wrinklefree.data.sources import is_streaming, iter_documents, source_identity
+from wrinklefree.data.identity import source_identity, tokenizer_fingerprint
+from wrinklefree.data.packing import eos_id
+from wrinklefree.data.sources import is_streaming, iter_documents
 
 CACHE_VERSION = 2
 END_FILE = "end.json"  # written once the source is exhausted: shard count and sizes
 OPEN_SHARDS = 32  # memory maps kept open (each holds a file descriptor)
 log = logging.getLogger(__name__)
-
-
-def tokenizer_fingerprint(tokenizer) -> dict:
-    """Identity of a tokenizer: class, EOS, size and a hash of its full vocabulary + merges."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)  # call-time state, not part of what the tokens mean
-        spec.pop("padding", None)
-        desc = json.dumps(spec, sort_keys=True)
-    else:
-        desc = json.dumps(sorted(tokenizer.get_vocab().items()))
-    return {
-        "class": type(tokenizer).__name__,
-        "name": str(getattr(tokenizer, "name_or_path", "")),
-        "size": len(tokenizer),
-        "eos": eos_id(tokenizer),
-        "hash": hashlib.sha256(desc.encode()).hexdigest(),
-    }
-
-
-def eos_id(tokenizer) -> int:
-    """The tokenizer's EOS id; packing cannot mark document ends without one."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError(
-            f"tokenizer {type(tokenizer).__name__} has no eos_token; packing needs one to separate "
-            "documents (set tokenizer.eos_token, e.g. '<|endoftext|>')"
-        )
-    return int(eos)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

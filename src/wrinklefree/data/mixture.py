@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from wrinklefree.data.cache import TokenStore, eos_id, tokenizer_fingerprint
+from wrinklefree.data.cache import TokenStore
 from wrinklefree.data.config import DataConfig, as_data_config
 from wrinklefree.data.heldout import asv_split, token_windows
-from wrinklefree.data.packing import collate, make_window
+from wrinklefree.data.identity import tokenizer_fingerprint
+from wrinklefree.data.packing import collate, eos_id, make_window
 from wrinklefree.data.readers import ShuffledReader, StreamReader, make_reader
 
 STATE_VERSION = 1

@@ -12,6 +12,17 @@ import numpy as np
 import torch
 
 
+def eos_id(tokenizer) -> int:
+    """The tokenizer's EOS id; packing cannot mark document ends without one."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no eos_token; packing needs one to separate "
+            "documents (set tokenizer.eos_token, e.g. '<|endoftext|>')"
+        )
+    return int(eos)
+
+
 def packed_position_ids(input_ids: torch.Tensor, eos: int) -> torch.Tensor:
     """Position of each token inside its document, (..., L) -> (..., L)."""
     length = input_ids.shape[-1]

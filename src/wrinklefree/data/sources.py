@@ -9,7 +9,6 @@ way the source is read (that is what lets a half-built token cache resume at doc
 from __future__ import annotations
 
 import glob
-import hashlib
 import itertools
 import json
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from wrinklefree import assets
 from wrinklefree.data.config import SourceConfig
-from wrinklefree.data.heldout import HELDOUT_EVERY, asv_split
+from wrinklefree.data.heldout import asv_split
 from wrinklefree.errors import MissingFieldError, UserInputError
 
 EXTENSIONS = {
@@ -175,31 +174,3 @@ def iter_documents(source: SourceConfig, start: int = 0) -> Iterator[str]:
 def is_streaming(source: SourceConfig) -> bool:
     """HF sources are streamed and tokenised lazily; local files and the ASV are tokenised whole."""
     return bool(source.hf_name) and not source.is_asv
-
-
-def source_identity(source: SourceConfig) -> dict:
-    """What the tokens of ``source`` depend on, for the cache key: files with sizes and mtimes,
-    the HF dataset coordinates, or the ASV split rule."""
-    if source.is_generated:  # the model, every sampling setting and the count
-        from wrinklefree.data.generated import sampling_identity
-
-        return {"teacher_samples": sampling_identity(source.sampling)}
-    if source.is_asv:  # hash the text itself: the split rule or the asset could change
-        digest = hashlib.sha256("\x00".join(asv_split()[0]).encode()).hexdigest()
-        return {"asv": digest, "heldout_every": HELDOUT_EVERY}
-    if source.hf_name:
-        ident = {"hf": [source.hf_name, source.hf_config, source.split]}
-        local = Path(source.hf_name).expanduser()
-        if local.exists():  # a local dataset folder: its files count like any other files
-            ident["files"] = file_stats(sorted(p for p in local.rglob("*") if p.is_file()))
-        return ident
-    files = source_files(source)
-    return {
-        "files": file_stats(files),
-        "formats": [file_format(p, source.format) for p in files],
-    }
-
-
-def file_stats(files: list[Path]) -> list:
-    """``[path, size, mtime]`` per file: a file edited or replaced in place changes the key."""
-    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]

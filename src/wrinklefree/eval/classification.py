@@ -8,13 +8,12 @@ while it learns (BitLinear straight-through estimator).
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from wrinklefree.convert import bitnet_config_of, convert_model_to_bitnet
+from wrinklefree.convert import convert_for_loading
 from wrinklefree.eval.tasks import (
     HUB_TASKS,
     fine_tune,
@@ -24,8 +23,8 @@ from wrinklefree.eval.tasks import (
     random_batches,
     require_columns,
 )
-from wrinklefree.generate import resolve_source
-from wrinklefree.models import load_model, load_tokenizer
+from wrinklefree.models import load_model, load_tokenizer, resolve_source
+from wrinklefree.nn.surgery import bitnet_config_of
 
 
 def load_classifier(src: str, num_labels: int, pad_token_id: int) -> nn.Module:
@@ -44,9 +43,8 @@ def load_classifier(src: str, num_labels: int, pad_token_id: int) -> nn.Module:
     config.pad_token_id = pad_token_id  # the head reads the last non-pad token of each row
     model = AutoModelForSequenceClassification.from_config(config)
     options = bitnet_config_of(causal)
-    if options is not None:  # LRC factors are copied below: skip their SVD initialisation
-        build = options if options.lrc_rank is None else replace(options, lrc_init="kaiming")
-        convert_model_to_bitnet(model, build, calibrate=False)  # weights copied below
+    if options is not None:
+        convert_for_loading(model, options)  # the decoder weights are copied below
     model.base_model.load_state_dict(causal.base_model.state_dict())
     dtype = next(causal.parameters()).dtype
     return model.to(dtype).eval()

@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from wrinklefree.block_diffusion import block_diffusion_forward, default_positions
 from wrinklefree.eval.perplexity import evaluating
-from wrinklefree.objectives.block_diffusion import block_diffusion_forward, default_positions
 from wrinklefree.objectives.dlm import maskable_positions
 
 

@@ -22,8 +22,7 @@ except ImportError as err:  # pragma: no cover - depends on the optional package
     raise ImportError("the lm-eval adapter needs EleutherAI's harness: pip install lm-eval "
                       "(not a wrinklefree dependency)") from err
 
-from wrinklefree.generate import resolve_source
-from wrinklefree.models import load_model, load_tokenizer
+from wrinklefree.models import load_model, load_tokenizer, resolve_source
 
 
 @register_model("wrinklefree")

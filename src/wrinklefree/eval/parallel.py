@@ -5,7 +5,7 @@ position whose confidence (the probability of its greedy token) exceeds a thresh
 step of a block is the hardest and sets the pace: the block's opening token is known (predicted
 autoregressively) and every other position is masked. :func:`block_confidence` runs exactly that
 step for every block of held-out windows, each on its clean prefix (the training layout's noisy
-row, :func:`~wrinklefree.objectives.block_diffusion.block_diffusion_forward`), and reports per
+row, :func:`~wrinklefree.block_diffusion.block_diffusion_forward`), and reports per
 offset inside the block the mean confidence, the accuracy of the greedy token and the fraction
 of positions above each τ; and per τ the mean number of positions the first step commits
 (at least one, as the decoder does). A student whose offsets >= 2 sit at unigram-level confidence
@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wrinklefree.block_diffusion import block_diffusion_forward, default_positions
 from wrinklefree.eval.perplexity import evaluating
 from wrinklefree.generate import greedy_fill
-from wrinklefree.objectives.block_diffusion import block_diffusion_forward, default_positions
 
 
 @torch.no_grad()

@@ -1,18 +1,18 @@
 """Export converted ternary models: packed weights, GGUF for llama.cpp, packed HF safetensors.
 
 :func:`export_model` is what ``wf export`` runs; the formats live in :mod:`.gguf` and :mod:`.hf`,
-the packing in :mod:`.pack`, the logit comparison in :mod:`.parity`. See docs/export.md.
+the logit comparison in :mod:`.parity`; the byte packing in :mod:`wrinklefree.quant.packing` and
+the ternary codes and scales in :mod:`wrinklefree.nn.ternary`. See docs/export.md.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from wrinklefree.export.pack import (
-    check_exportable,
+from wrinklefree.nn.ternary import check_exportable, ternary_state
+from wrinklefree.quant.packing import (
     pack_ternary_2bit,
     pack_ternary_base3,
-    ternary_state,
     unpack_ternary_2bit,
     unpack_ternary_base3,
 )
@@ -22,7 +22,7 @@ FORMATS = ("gguf", "hf")
 
 def resolve_model_dir(src: str | Path) -> Path:
     """A model folder saved after convert, or a trainer run folder (its ``final/`` model)."""
-    from wrinklefree.generate import resolve_source
+    from wrinklefree.models import resolve_source
 
     path = Path(resolve_source(str(src)))
     if not (path / "config.json").is_file():

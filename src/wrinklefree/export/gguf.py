@@ -33,14 +33,14 @@ from wrinklefree.export.blocks import (
     encode_q6_k,
     encode_q8_0_ternary,
 )
-from wrinklefree.export.pack import (
+from wrinklefree.export.vocab import add_tokenizer
+from wrinklefree.nn import BitLinear
+from wrinklefree.nn.ternary import (
     PER_CHANNEL_QUANTS,
     check_exportable,
     ternary_state,
     warn_subln_eps,
 )
-from wrinklefree.export.vocab import add_tokenizer
-from wrinklefree.nn import BitLinear
 
 Q = gguf.GGMLQuantizationType
 T = gguf.MODEL_TENSOR

@@ -25,14 +25,14 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from wrinklefree.convert import CONFIG_KEY
-from wrinklefree.export.pack import (
+from wrinklefree.nn.surgery import CONFIG_KEY
+from wrinklefree.nn.ternary import (
     PER_CHANNEL_QUANTS,
     check_exportable,
-    pack_ternary_2bit,
     ternary_state,
     warn_subln_eps,
 )
+from wrinklefree.quant.packing import pack_ternary_2bit
 
 # Our SubLN parameter -> BitNetForCausalLM's name for it (modeling_bitnet.py).
 SUBLN_RENAMES = {

@@ -165,3 +165,15 @@ class BitLinear(nn.Linear):
             f"act_quant={self.quantize_activations}, lambda={self.quant_lambda:g}"
             + (f", hadamard_block={self.hadamard_block}" if self.hadamard else "")
         )
+
+
+def set_quant_lambda(model: nn.Module, value: float) -> int:
+    """Set lambda on every BitLinear of ``model``; returns how many layers were set."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"quantization lambda must be in [0, 1], got {value}")
+    count = 0
+    for module in model.modules():
+        if isinstance(module, BitLinear):
+            module.quant_lambda = float(value)
+            count += 1
+    return count

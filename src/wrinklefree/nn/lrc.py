@@ -15,11 +15,13 @@ and train them to match the full-precision teacher::
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 
 from wrinklefree.nn.bitlinear import BitLinear
+from wrinklefree.nn.surgery import bitnet_config_of, record_bitnet, replace_modules
 from wrinklefree.quant import WEIGHT_QUANTIZERS
 
 LRC_INITS = ("svd_residual", "kaiming")
@@ -173,23 +175,21 @@ def convert_bitlinear_to_lrc(
     :func:`wrinklefree.convert.load_bitnet` rebuilds the LRC layers. Layers that already have a
     correction are left alone.
     """
-    from wrinklefree.convert import CONFIG_KEY, _set_submodule
-
     check_lrc_init(init)
-    targets = [
-        (name, m) for name, m in model.named_modules()
-        if isinstance(m, BitLinear) and not isinstance(m, BitLinearLRC)
-    ]
-    if not targets and not any(isinstance(m, BitLinearLRC) for m in model.modules()):
+    has_lrc = any(isinstance(m, BitLinearLRC) for m in model.modules())
+    replaced = replace_modules(
+        model,
+        lambda _, m: isinstance(m, BitLinear) and not isinstance(m, BitLinearLRC),
+        lambda _, layer: BitLinearLRC.from_bitlinear(layer, rank, init),
+    )
+    if not replaced and not has_lrc:
         raise TypeError(
             f"{type(model).__name__} has no BitLinear layers; convert it first with "
             "wrinklefree.convert.convert_model_to_bitnet"
         )
-    for name, layer in targets:
-        _set_submodule(model, name, BitLinearLRC.from_bitlinear(layer, rank, init))
-    recorded = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    recorded = bitnet_config_of(model)
     if recorded is not None:
-        recorded.update(lrc_rank=rank, lrc_init=init)
+        record_bitnet(model, replace(recorded, lrc_rank=rank, lrc_init=init))
     return model
 
 

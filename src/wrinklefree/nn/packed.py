@@ -11,7 +11,7 @@ A trained BitLinear at lambda = 1 multiplies by W_q = codes * scale with codes i
   ``torch._int_mm`` (which re-lays the weight out on every call: ~2x slower on cold weights).
   Integer accumulation is exact (|w| <= 1 also rules out the int16 saturation of AVX2's
   u8 x s8 pair sums), so the only rounding is the final rescale.
-- ``2bit`` (the smallest): codes 4 per byte (``export.pack``, 2 bits per weight, 16x less) with a
+- ``2bit`` (the smallest): codes 4 per byte (``quant.packing``, 2 bits per weight, 16x less) with a
   bit-plane matmul in float; slower than fp32 (every call decodes the bytes), and the only kernel
   for layers without activation quantization.
 """
@@ -22,10 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wrinklefree.export.pack import check_exportable, pack_ternary_2bit, ternary_state
 from wrinklefree.nn.bitlinear import BitLinear
 from wrinklefree.nn.subln import SubLN
+from wrinklefree.nn.surgery import replace_modules
+from wrinklefree.nn.ternary import check_exportable, ternary_state
 from wrinklefree.quant import absmax_activation_quant
+from wrinklefree.quant.packing import pack_ternary_2bit
 from wrinklefree.quant.ternary import EPS
 
 KERNELS = ("int8", "2bit")
@@ -141,7 +143,7 @@ class PackedBitLinear(nn.Module):
             raise ValueError(
                 f"cannot pack a BitLinear at lambda={layer.quant_lambda:g}: only the fully "
                 "ternary function (lambda = 1) has 2-bit weights; finish the warm-up or call "
-                "wrinklefree.quant.set_quant_lambda(model, 1.0) first"
+                "wrinklefree.set_quant_lambda(model, 1.0) first"
             )
         codes, scale = ternary_state(layer)
         packed = codes.t().contiguous() if kernel == "int8" else pack_ternary_2bit(codes)
@@ -165,7 +167,7 @@ class PackedBitLinear(nn.Module):
         if self.quantize_activations:
             x = absmax_activation_quant(x)
         # Byte j of a row holds d_k = code + 1 of element 4j + k in bits 2k..2k+1 (the layout of
-        # export.pack.pack_ternary_2bit), so x . codes = sum_k x[4j + k] . d_k[j] - sum(x): four
+        # quant.packing.pack_ternary_2bit), so x . codes = sum_k x[4j + k] . d_k[j] - sum(x): four
         # matmuls on bit planes read straight from the bytes, ~3x faster than unpacking the codes.
         pad = 4 * self.packed.shape[1] - self.in_features
         planes = F.pad(x, (0, pad)).unflatten(-1, (-1, 4))  # (..., in / 4, 4); pads hit x = 0
@@ -209,14 +211,16 @@ def pack_model(model: nn.Module, kernel: str = "int8", *, onednn: bool = True) -
     ``2bit`` (smallest). See the module docstring. ``onednn=False``: int8 via ``torch._int_mm``,
     which ``torch.compile`` can trace (:mod:`wrinklefree.compiled`).
 
-    Raises ValueError (from :func:`wrinklefree.export.pack.check_exportable`) for an unconverted
+    Raises ValueError (from :func:`wrinklefree.nn.ternary.check_exportable`) for an unconverted
     model, a layer below lambda = 1, or a variant that is not codes * scale (Haar, Hadamard, LRC).
     """
-    for name, layer in check_exportable(model):
-        parent, _, child = name.rpartition(".")
+    check_exportable(model)
+
+    def pack(_: str, layer: BitLinear) -> PackedBitLinear:
         layer_kernel = kernel if layer.quantize_activations else "2bit"
-        setattr(model.get_submodule(parent) if parent else model, child,
-                PackedBitLinear.from_bitlinear(layer, layer_kernel, onednn=onednn))
+        return PackedBitLinear.from_bitlinear(layer, layer_kernel, onednn=onednn)
+
+    replace_modules(model, lambda _, m: isinstance(m, BitLinear), pack)
     return model
 
 

@@ -6,7 +6,7 @@ next-token head is reused as is, (2) *complementary masks*: each window gets two
 with mask m and with 1 - m, so every maskable token is predicted exactly once per batch, and
 (3) the *block layout*: the clean window and its noisy copies go through one forward pass, the
 clean copy causally, each noisy block bidirectionally inside itself and onto the clean text of
-the previous blocks (:mod:`wrinklefree.objectives.block_diffusion`).
+the previous blocks (:mod:`wrinklefree.block_diffusion`).
 With ``mask_prob=None`` the mask rate is drawn per window, t ~ U(eps, 1 - eps), and each masked
 token's loss is weighted by 1/t: the masked-diffusion ELBO of MDLM (arXiv 2406.07524,
 continuous-time NELBO) and LLaDA (arXiv 2502.09992, Eq. 3).
@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wrinklefree.block_diffusion import default_positions
 from wrinklefree.objectives.base import (
     IGNORE_INDEX,
     Batch,
@@ -32,7 +33,6 @@ from wrinklefree.objectives.base import (
     next_position_mask,
     zero_loss,
 )
-from wrinklefree.objectives.block_diffusion import default_positions
 
 MASK_TOKEN = "<|mask|>"
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from wrinklefree.block_diffusion import block_diffusion_forward
 from wrinklefree.objectives.base import Batch, Requirements
-from wrinklefree.objectives.block_diffusion import block_diffusion_forward
 from wrinklefree.objectives.repetition import REPETITION_KEYS
 
 
@@ -54,7 +54,7 @@ def run_model(
 
     A DLM batch (``dlm_noisy_ids``, from ``DLMObjective.preprocess_batch``) runs the clean window
     and its two noisy copies in one forward with the block-diffusion layout
-    (:func:`~wrinklefree.objectives.block_diffusion.block_diffusion_forward`): ``out.logits``,
+    (:func:`~wrinklefree.block_diffusion.block_diffusion_forward`): ``out.logits``,
     ``hidden_states``, ``attentions`` and ``qkv`` are the clean (causal) view, (B, L, ...), so
     the AR objectives never see masked input; ``out.dlm_logits`` (2B, L, V) and
     ``out.dlm_qkv`` (2B, heads, L, d) are the noisy views. ``teacher=True`` runs the clean

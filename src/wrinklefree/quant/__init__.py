@@ -12,7 +12,7 @@ from wrinklefree.quant.haar import (
     inverse_haar_transform_1d_row,
 )
 from wrinklefree.quant.hadamard import fwht, hadamard_block_size
-from wrinklefree.quant.schedule import LambdaWarmup, set_quant_lambda
+from wrinklefree.quant.schedule import LambdaWarmup
 from wrinklefree.quant.ternary import (
     absmax_activation_quant,
     absmean_scale,
@@ -41,7 +41,6 @@ __all__ = [
     "haar_weight_quantization_no_scale",
     "hadamard_block_size",
     "inverse_haar_transform_1d_row",
-    "set_quant_lambda",
     "ste_linear",
     "ste_mix",
     "ternary_codes",

@@ -6,8 +6,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn as nn
-
 Shape = Literal["linear", "cosine", "sigmoid", "constant"]
 
 
@@ -50,17 +48,3 @@ class LambdaWarmup:
 
     def __call__(self, step: int) -> float:
         return self.start + (self.end - self.start) * self.progress(step)
-
-
-def set_quant_lambda(model: nn.Module, value: float) -> int:
-    """Set lambda on every BitLinear of ``model``; returns how many layers were set."""
-    from wrinklefree.nn.bitlinear import BitLinear
-
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"quantization lambda must be in [0, 1], got {value}")
-    count = 0
-    for module in model.modules():
-        if isinstance(module, BitLinear):
-            module.quant_lambda = float(value)
-            count += 1
-    return count

@@ -17,8 +17,9 @@ from torch.utils.data import IterableDataset
 
 from wrinklefree.data.mixture import MixtureStream, phase_weights
 from wrinklefree.data.packing import collate
+from wrinklefree.nn import set_quant_lambda
 from wrinklefree.objectives import ObjectiveManager, run_model
-from wrinklefree.quant import LambdaWarmup, set_quant_lambda
+from wrinklefree.quant import LambdaWarmup
 from wrinklefree.teacher import Teacher
 from wrinklefree.train.optim import ZClip, build_optimizer, lr_multiplier
 from wrinklefree.train.scale import shard_student

@@ -29,8 +29,8 @@ from wrinklefree.data.sources import source_files
 from wrinklefree.errors import UserInputError
 from wrinklefree.eval.report import evaluate_model, format_report, ratios_to_teacher
 from wrinklefree.models import load_model, load_tokenizer
+from wrinklefree.nn import bitnet_config_of, set_quant_lambda
 from wrinklefree.objectives import add_mask_token, create_objective_manager
-from wrinklefree.quant import set_quant_lambda
 from wrinklefree.teacher import Teacher
 from wrinklefree.train.checkpoint import (
     AtomicCheckpointIO,
@@ -50,8 +50,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def build_student(cfg: DictConfig, tokenizer) -> torch.nn.Module:
     """Load the source and convert it (unless it already is a BitNet checkpoint)."""
-    from wrinklefree.convert import bitnet_config_of
-
     m = cfg.model
     student = load_model(m.source, dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation)
     options = OmegaConf.to_container(m.convert, resolve=True)
@@ -67,8 +65,7 @@ def build_student(cfg: DictConfig, tokenizer) -> torch.nn.Module:
         from wrinklefree.nn.lrc import convert_bitlinear_to_lrc
 
         rank, init = options["lrc_rank"], options.get("lrc_init", "svd_residual")
-        convert_bitlinear_to_lrc(student, rank, init)
-        student.config.bitnet = {**student.config.bitnet, "lrc_rank": rank, "lrc_init": init}
+        convert_bitlinear_to_lrc(student, rank, init)  # records rank and init
     if m.train_only_lrc:
         from wrinklefree.nn.lrc import freeze_model_except_lrc
 

@@ -1,4 +1,4 @@
-"""The Fast-dLLM v2 block-diffusion attention layout, shared by training and decoding.
+"""The Fast-dLLM v2 block-diffusion attention layout, shared by training, decoding and evaluation.
 
 Fast-dLLM v2 (arXiv 2509.26328, Sec. 3; the layout of BD3-LM, arXiv 2503.09573) trains a
 block-diffusion student on a clean copy x_0 and a noisy copy x_t of each window in one forward
