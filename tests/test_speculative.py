@@ -8,8 +8,8 @@ import torch.nn as nn
 from tiny_models import tiny_model
 from transformers import DynamicCache
 
+from wrinklefree.block_diffusion import block_diffusion_forward
 from wrinklefree.generate import DecodeStats, NotDLMModelError, generate_ar
-from wrinklefree.objectives.block_diffusion import block_diffusion_forward
 from wrinklefree.speculative import generate_speculative, verify_and_draft
 
 VOCAB = 128

@@ -1,6 +1,6 @@
 """Lossless self-speculative decoding of a block-diffusion student: greedy AR text, fewer forwards.
 
-A student trained with the block-diffusion layout (:mod:`wrinklefree.objectives.block_diffusion`)
+A student trained with the block-diffusion layout (:mod:`wrinklefree.block_diffusion`)
 is two models in one set of weights: the clean view is an ordinary causal LM, and the noisy view
 fills masked positions of a block from the clean text of the blocks before it. Each forward here
 runs both, as the training forward does:
@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from transformers import DynamicCache
 
+from wrinklefree.block_diffusion import attention_bias, model_dtype
 from wrinklefree.generate import (
     NOT_DLM_HINT,
     DecodeStats,
@@ -42,7 +43,6 @@ from wrinklefree.generate import (
     pick_token,
     seen_tokens,
 )
-from wrinklefree.objectives.block_diffusion import attention_bias, model_dtype
 
 
 @torch.no_grad()
