@@ -14,6 +14,8 @@ from wrinklefree.data.config import DataConfig, SourceConfig, as_data_config
 from wrinklefree.data.generated import TeacherSampler, batch_seed
 from wrinklefree.data.identity import model_identity
 from wrinklefree.data.mixture import build_train_stream
+from wrinklefree.errors import UserInputError
+from wrinklefree.generate import generate_ar
 
 SAMPLING = {"num_docs": 5, "max_new_tokens": 6, "batch_size": 2, "seed": 3,
             "first_token_range": [1, 100]}
@@ -98,7 +100,7 @@ def test_decode_loop_matches_transformers_generate(teacher_folder, tokenizer):
                              tokenizer)
     docs = sampler.sample_batch(0, 4)
     torch.manual_seed(batch_seed(3, 0))
-    prompt = sampler._first_tokens(4)  # the same first tokens (same seed, same draw)
+    prompt = sampler._first_tokens(0, 4)  # the same first tokens (same seed, same draw)
     eos = tokenizer.eos_token_id
     greedy = sampler.model.generate(prompt, attention_mask=torch.ones_like(prompt),
                                     do_sample=False, max_new_tokens=12, eos_token_id=eos,
@@ -142,3 +144,59 @@ def test_bad_sampling_settings_are_named():
     with pytest.raises(ValueError, match="kind='nope'"):
         SourceConfig(name="t", kind="nope").validate()
     DataConfig(sources=[_source("m")]).validate()
+
+
+def _trajectories(folder, prompts, **extra) -> SourceConfig:
+    """The model's own greedy continuations of the first 4 tokens of each prompt document."""
+    sampling = {**SAMPLING, "first_token": "text", "prompts": str(prompts), "prompt_tokens": 4,
+                "temperature": 0.0, "first_token_range": None, **extra}
+    return SourceConfig(name="trajectories", kind="teacher_samples",
+                        sampling={"model": str(folder), **sampling})
+
+
+def test_trajectories_continue_text_prompts_greedily(teacher_folder, tokenizer, tmp_path):
+    """first_token: text keeps the first prompt_tokens ids of each long-enough document and
+    appends the model's greedy decoding (temperature 0): exactly generate_ar's tokens."""
+    prompts = tmp_path / "prompts.txt"
+    docs = ["light", *[f"{i} And God said, Let there be light" for i in range(6)]]
+    prompts.write_text("\n\n".join(docs))  # the first document is shorter than 4 tokens
+    sampler = TeacherSampler(_trajectories(teacher_folder, prompts).sampling, tokenizer)
+    got = sampler.documents(0, 5)
+    model = sampler.model
+    for doc, text in zip(got, docs[1:6], strict=True):
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"][:4]
+        assert doc[:4] == prompt
+        expected = [t for c in generate_ar(model, torch.tensor([prompt]), max_new_tokens=6,
+                                           eos_token_id=tokenizer.eos_token_id) for t in c]
+        assert doc[4:] == [t for t in expected if t != tokenizer.eos_token_id]
+    # a diffusion student's mask token ends a document like EOS
+    model.config.mask_token_id = got[0][6]
+    assert sampler.sample_batch(0, 1)[0] == got[0][: got[0].index(got[0][6])]
+
+
+def test_trajectories_are_keyed_by_the_prompt_text(teacher_folder, tokenizer, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n\n".join(f"{i} And God said, Let there be light" for i in range(5)))
+    store = TokenStore(_trajectories(teacher_folder, prompts), tokenizer, tmp_path, 4)
+    first = _tokens(store)
+    assert int((first == tokenizer.eos_token_id).sum()) == 5
+    prompts.write_text(prompts.read_text() + " again")
+    assert TokenStore(_trajectories(teacher_folder, prompts), tokenizer, tmp_path, 4).key != \
+        store.key
+    few = _trajectories(teacher_folder, prompts, num_docs=9)
+    with pytest.raises(UserInputError, match="fewer than sampling.num_docs=9"):
+        TeacherSampler(few.sampling, tokenizer).documents(0, 9)
+
+
+def test_trajectory_settings_go_together():
+    with pytest.raises(ValueError, match="first_token=text and sampling.prompts go together"):
+        SourceConfig(name="t", kind="teacher_samples",
+                     sampling={"model": "m", "first_token": "text"}).validate()
+    with pytest.raises(ValueError, match="go together"):
+        SourceConfig(name="t", kind="teacher_samples",
+                     sampling={"model": "m", "prompts": "asv"}).validate()
+    with pytest.raises(ValueError, match="temperature >= 0"):
+        SourceConfig(name="t", kind="teacher_samples",
+                     sampling={"model": "m", "temperature": -1}).validate()
+    SourceConfig(name="t", kind="teacher_samples", sampling={
+        "model": "m", "first_token": "text", "prompts": "asv", "temperature": 0}).validate()

@@ -17,25 +17,38 @@ ASV_NAME = "asv"
 ASV_PATH = "asv://"
 FORMATS = ("auto", "text", "jsonl", "parquet")
 KINDS = ("text", "teacher_samples")
-FIRST_TOKENS = ("random", "bos")
+FIRST_TOKENS = ("random", "bos", "text")
 
 
 @dataclass
 class SamplingConfig:
-    """How a ``kind: teacher_samples`` source draws documents from a full-precision model
-    (data-free QAT, LLM-QAT arXiv 2305.17888 Sec. 2.1). Every field is part of the cache key."""
+    """How a ``kind: teacher_samples`` source draws documents from a model: the full-precision
+    teacher (data-free QAT, LLM-QAT arXiv 2305.17888 Sec. 2.1), or the student itself continuing
+    prompts of real text greedily (its own decoding trajectories, CLLM arXiv 2403.00835).
+    Every field is part of the cache key."""
 
     model: str | None = None  # anything load_model accepts; the presets use ${model.source}
     num_docs: int = 512  # documents to sample (the source's size)
     max_new_tokens: int = 128  # tokens per document after the first (shorter if EOS is drawn)
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0 = greedy (the model's own decoding)
     top_p: float = 0.95  # nucleus sampling; 1.0 = the full distribution
-    first_token: str = "random"  # random: uniform over first_token_range (LLM-QAT) | bos
+    # random: uniform over first_token_range (LLM-QAT) | bos | text: the first prompt_tokens
+    # tokens of a document of `prompts`, which the document keeps
+    first_token: str = "random"
     first_token_range: list[int] | None = None  # [lo, hi) of random first ids; None = vocab
+    prompts: str | None = None  # first_token: text: asv, or a file, folder or glob of text
+    prompt_tokens: int = 32  # first_token: text: prompt length (shorter documents are skipped)
     batch_size: int = 16  # sequences generated together (KV cache)
     seed: int = 0
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+
+    def prompt_source(self) -> SourceConfig:
+        """The text source of ``prompts``: ``asv`` (the embedded ASV train split) or a file,
+        folder or glob read like a ``path`` source."""
+        if self.prompts in (ASV_NAME, ASV_PATH):
+            return SourceConfig(name=ASV_NAME)
+        return SourceConfig(name="prompts", path=self.prompts)
 
     def validate(self, name: str) -> None:
         where = f"source '{name}' (kind: teacher_samples)"
@@ -45,12 +58,17 @@ class SamplingConfig:
         if self.first_token not in FIRST_TOKENS:
             raise ValueError(f"{where}: sampling.first_token={self.first_token!r}, expected one "
                              f"of {FIRST_TOKENS}")
-        for key in ("num_docs", "max_new_tokens", "batch_size"):
+        for key in ("num_docs", "max_new_tokens", "batch_size", "prompt_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{where}: sampling.{key}={getattr(self, key)} must be >= 1")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"{where}: sampling needs temperature > 0 and 0 < top_p <= 1, got "
-                             f"temperature={self.temperature}, top_p={self.top_p}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"{where}: sampling needs temperature >= 0 (0 = greedy) and "
+                             f"0 < top_p <= 1, got temperature={self.temperature}, "
+                             f"top_p={self.top_p}")
+        if (self.first_token == "text") != (self.prompts is not None):
+            raise ValueError(f"{where}: sampling.first_token=text and sampling.prompts go "
+                             f"together (got first_token={self.first_token!r}, prompts="
+                             f"{self.prompts!r}); set both (e.g. prompts: asv) or neither")
         rng = self.first_token_range
         if rng is not None and (len(rng) != 2 or not 0 <= rng[0] < rng[1]):
             raise ValueError(f"{where}: sampling.first_token_range={rng} must be [lo, hi) with "

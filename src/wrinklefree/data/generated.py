@@ -1,4 +1,4 @@
-"""Training documents sampled from the full-precision model itself (``kind: teacher_samples``).
+"""Training documents sampled from a model (``kind: teacher_samples``).
 
 Data-free QAT (LLM-QAT, Liu et al. 2023, arXiv 2305.17888, Sec. 2.1): a quantized student is
 distilled best on text its teacher *generates*, because that text covers what the teacher knows,
@@ -6,6 +6,13 @@ not the style of whatever corpus is at hand (training on the ASV alone teaches B
 forgets the rest). Each document starts from one token, drawn uniformly from a range of ids (as
 LLM-QAT does) or the tokenizer's BOS, and continues by nucleus sampling (``top_p``,
 ``temperature``) for up to ``max_new_tokens`` tokens or until the model draws EOS.
+
+Trajectories (CLLM, Kou et al. 2024, arXiv 2403.00835; dParallel, arXiv 2509.26488): with
+``first_token: text`` each document starts with the first ``prompt_tokens`` tokens of a document
+of real text (``prompts``) and continues with the model's own decoding, greedy at
+``temperature: 0``. Sampled from the student itself, every continuation token is a deterministic
+function of its prefix: what a diffusion student learns to draft in parallel for
+self-speculative decoding (:mod:`wrinklefree.speculative`).
 
 The documents become a token source like any other: :class:`~wrinklefree.data.cache.TokenStore`
 calls :meth:`TeacherSampler.documents` instead of the tokenizer and writes the same ``.npy``
@@ -27,8 +34,27 @@ import torch
 
 from wrinklefree.data.config import SamplingConfig
 from wrinklefree.data.identity import tokenizer_fingerprint
+from wrinklefree.data.sources import iter_documents
+from wrinklefree.errors import UserInputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def text_prompts(sampling: SamplingConfig, tokenizer) -> torch.Tensor:
+    """(num_docs, prompt_tokens) long: the first ``prompt_tokens`` ids (``tokenizer``'s) of the
+    first ``num_docs`` documents of ``sampling.prompts`` that are at least that long."""
+    length, prompts = sampling.prompt_tokens, []
+    docs = iter_documents(sampling.prompt_source())
+    while len(prompts) < sampling.num_docs:
+        chunk = [d for _, d in zip(range(256), docs, strict=False)]
+        if not chunk:
+            raise UserInputError(
+                f"sampling.prompts={sampling.prompts!r} has {len(prompts)} documents of at least "
+                f"{length} tokens, fewer than sampling.num_docs={sampling.num_docs}; lower "
+                "num_docs or prompt_tokens, or give more text")
+        ids = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        prompts += [doc[:length] for doc in ids if len(doc) >= length]
+    return torch.tensor(prompts[: sampling.num_docs], dtype=torch.long)
 
 
 def batch_seed(seed: int, first_doc: int) -> int:
@@ -44,6 +70,7 @@ class TeacherSampler:
     def __init__(self, sampling: SamplingConfig, tokenizer):
         self.cfg, self.tokenizer = sampling, tokenizer
         self.model, self.model_tokenizer, self.same_tokenizer = None, None, True
+        self.prompts: torch.Tensor | None = None  # first_token: text, (num_docs, P)
         self.tokens_per_s: float | None = None  # of the last batch
 
     def _load(self) -> None:
@@ -57,6 +84,8 @@ class TeacherSampler:
         mine, theirs = tokenizer_fingerprint(self.tokenizer), tokenizer_fingerprint(
             self.model_tokenizer)
         self.same_tokenizer = (mine["hash"], mine["size"]) == (theirs["hash"], theirs["size"])
+        if self.cfg.first_token == "text":
+            self.prompts = text_prompts(self.cfg, self.model_tokenizer)
 
     def release(self) -> None:
         """Free the model (the cache holds everything it produced)."""
@@ -85,10 +114,12 @@ class TeacherSampler:
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(batch_seed(cfg.seed, first_doc))
-            prompt = self._first_tokens(n).to(device)  # (n, 1)
-            out = torch.cat([prompt, self._continue(prompt, eos, bar)], dim=1).cpu()  # (n, 1 + T)
+            prompt = self._first_tokens(first_doc, n).to(device)  # (n, P)
+            out = torch.cat([prompt, self._continue(prompt, eos, bar)], dim=1).cpu()  # (n, P + T)
         skip = 1 if cfg.first_token == "bos" else 0  # BOS is not document text
-        docs = [_until_eos(row[skip:].tolist(), eos) for row in out]
+        # a diffusion student's <|mask|> is never text: a document ends there, as at EOS
+        stops = {eos, getattr(self.model.config, "mask_token_id", None)} - {None}
+        docs = [_until(row[skip:].tolist(), stops) for row in out]
         self.tokens_per_s = sum(map(len, docs)) / max(time.perf_counter() - started, 1e-9)
         if not self.same_tokenizer:
             texts = self.model_tokenizer.batch_decode(docs, skip_special_tokens=True)
@@ -96,7 +127,7 @@ class TeacherSampler:
         return docs  # one per sequence, even empty (EOS drawn first): the count is the key
 
     def _continue(self, prompt: torch.Tensor, eos: int | None, bar=None) -> torch.Tensor:
-        """(n, 1) first tokens -> (n, T) sampled continuations (:func:`generate_batch`)."""
+        """(n, P) first tokens -> (n, T) sampled continuations (:func:`generate_batch`)."""
         from wrinklefree.generate import generate_batch
 
         cfg = self.cfg
@@ -109,8 +140,11 @@ class TeacherSampler:
                               temperature=cfg.temperature, top_p=cfg.top_p, eos_token_id=eos,
                               on_step=show)
 
-    def _first_tokens(self, n: int) -> torch.Tensor:
-        """(n, 1) first tokens: the BOS, or uniform over the id range minus special tokens."""
+    def _first_tokens(self, first_doc: int, n: int) -> torch.Tensor:
+        """(n, P) first tokens of documents ``first_doc``..: the text prompts (P =
+        prompt_tokens), or (P = 1) the BOS or uniform over the id range minus special tokens."""
+        if self.prompts is not None:
+            return self.prompts[first_doc : first_doc + n]
         tok = self.model_tokenizer
         if self.cfg.first_token == "bos":
             if tok.bos_token_id is None:
@@ -130,6 +164,6 @@ class TeacherSampler:
         return candidates[torch.randint(len(candidates), (n,))].view(n, 1)
 
 
-def _until_eos(ids: list[int], eos: int | None) -> list[int]:
-    """The ids before the first EOS (generate pads finished rows with EOS)."""
-    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
+def _until(ids: list[int], stops: set[int]) -> list[int]:
+    """The ids before the first stop id (generate pads finished rows with EOS)."""
+    return ids[: next((i for i, t in enumerate(ids) if t in stops), len(ids))]

@@ -80,8 +80,11 @@ def sampling_identity(sampling: SamplingConfig) -> dict:
     settings = dataclasses.asdict(sampling)
     settings.pop("device")
     # the decoder draws differently from transformers' generate (which built earlier caches)
-    return {"model": model_identity(sampling.model), "settings": settings,
-            "decoder": "kv-cache loop, rejection-sampled nucleus"}
+    identity = {"model": model_identity(sampling.model), "settings": settings,
+                "decoder": "kv-cache loop, rejection-sampled nucleus"}
+    if sampling.prompts is not None:  # the prompts' text, as for a text source
+        identity["prompts"] = source_identity(sampling.prompt_source())
+    return identity
 
 
 def file_stats(files: list[Path]) -> list:
