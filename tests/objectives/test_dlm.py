@@ -133,7 +133,7 @@ def test_errors():
         "input_ids": torch.zeros(1, 4, dtype=torch.long),
         "labels": torch.zeros(1, 4, dtype=torch.long),
     }
-    with pytest.raises(ValueError, match="ran twice"):
+    with pytest.raises(ValueError, match="two masking objectives ran on it"):
         objective.preprocess_batch(objective.preprocess_batch(batch))
     outside = DLMObjective(mask_token_id=3, allow_vocab_mask_token=True)
     with pytest.raises(ValueError, match="outside the model's 3 logits"):

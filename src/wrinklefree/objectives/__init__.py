@@ -8,6 +8,7 @@ from wrinklefree.objectives.attention import (
     BlockAttentionDistillObjective,
 )
 from wrinklefree.objectives.base import Objective, ObjectiveOutput, Requirements
+from wrinklefree.objectives.certainty import CertaintyForcingObjective
 from wrinklefree.objectives.continue_pretrain import ContinuePretrainObjective
 from wrinklefree.objectives.curriculum import CurriculumPhase, CurriculumScheduler
 from wrinklefree.objectives.dlm import MASK_TOKEN, DLMObjective, add_mask_token, check_mask_token
@@ -25,6 +26,7 @@ __all__ = [
     "OBJECTIVES",
     "AttentionRelationDistillObjective",
     "BlockAttentionDistillObjective",
+    "CertaintyForcingObjective",
     "ContinuePretrainObjective",
     "CurriculumPhase",
     "CurriculumScheduler",

@@ -191,69 +191,31 @@ class DLMObjective(Objective):
         tokenizer: Any = None,
         allow_vocab_mask_token: bool = False,
     ) -> None:
-        if mask_token_id is None:
-            if tokenizer is None or MASK_TOKEN not in tokenizer.get_added_vocab():
-                raise ValueError(
-                    "DLM needs mask_token_id: call add_mask_token(tokenizer, model) and pass its "
-                    "id (or pass the tokenizer to create_objective_manager to look it up)"
-                )
-            mask_token_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
-        if tokenizer is not None:
-            check_mask_token(tokenizer, mask_token_id, allow_vocab_token=allow_vocab_mask_token)
-        elif not allow_vocab_mask_token:
-            raise ValueError(
-                f"cannot check that mask_token_id {mask_token_id} is a dedicated token without "
-                "the tokenizer: pass tokenizer= (create_objective_manager(..., tokenizer=tok)) or "
-                "set allow_vocab_mask_token: true"
-            )
         if mask_prob is not None and not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must be in (0, 1) or null, got {mask_prob}")
         if not 0.0 < eps < 0.5:
             raise ValueError(f"eps must be in (0, 0.5), got {eps}")
-        if block_size < 2:
-            raise ValueError(
-                f"block_size must be >= 2 (its first token is never masked), got {block_size}"
-            )
-        self.mask_token_id = int(mask_token_id)
+        self.mask_token_id = resolve_mask_token(mask_token_id, tokenizer, allow_vocab_mask_token)
         self.mask_prob = mask_prob
         self.eps = float(eps)
-        self.block_size = int(block_size)
+        self.block_size = checked_block_size(block_size)
 
     def preprocess_batch(self, batch: Batch) -> Batch:
         input_ids = batch["input_ids"]  # (B, L)
-        if "dlm_mask" in batch:
-            raise ValueError("batch already has 'dlm_mask': DLM preprocessing ran twice")
-        size, length = input_ids.shape
-        if length <= 2:
-            raise ValueError(
-                f"DLM needs sequences longer than 2 tokens (got {length}): the first position "
-                "is never masked and token shift needs a preceding position"
-            )
+        size = input_ids.shape[0]
         if self.mask_prob is None:
             rate = self.eps + (1 - 2 * self.eps) * torch.rand(size, device=input_ids.device)
         else:
             rate = torch.full((size,), self.mask_prob, device=input_ids.device)
         mask = complementary_masks(maskable_positions(batch, self.block_size), rate)  # (2B, L)
-        out = dict(batch)
-        out["dlm_noisy_ids"] = input_ids.repeat(2, 1).masked_fill(mask, self.mask_token_id)
-        out["dlm_mask"] = mask
+        out = with_noisy_views(batch, mask, self.mask_token_id, self.block_size)
         out["dlm_rate"] = torch.cat([rate, 1 - rate])  # (2B,)
-        out["dlm_block_size"] = self.block_size
         return out
 
     def forward(
         self, model_outputs: Any, batch: Batch, teacher_outputs: Any = None
     ) -> ObjectiveOutput:
-        if "dlm_mask" not in batch:
-            raise ValueError(
-                "batch has no 'dlm_mask': run manager.preprocess_batch(batch) before the model"
-            )
-        logits = noisy_logits(model_outputs)  # (2B, L, V)
-        if self.mask_token_id >= logits.shape[-1]:
-            raise ValueError(
-                f"mask_token_id {self.mask_token_id} is outside the model's {logits.shape[-1]} "
-                "logits: call add_mask_token(tokenizer, model) to resize the embeddings"
-            )
+        logits = noisy_logits(model_outputs, batch, self.mask_token_id)  # (2B, L, V)
         mask = batch["dlm_mask"]
         targets = batch["input_ids"].repeat(2, 1)  # (2B, L) the clean tokens of both copies
         rate = None if self.mask_prob is not None else batch["dlm_rate"]
@@ -266,12 +228,77 @@ class DLMObjective(Objective):
         return ObjectiveOutput(loss, metrics)
 
 
-def noisy_logits(model_outputs: Any) -> torch.Tensor:
-    """The noisy views' logits (2B, L, V) of a block-diffusion forward; a clear error otherwise."""
+def noisy_logits(model_outputs: Any, batch: Batch | None = None,
+                 mask_token_id: int | None = None) -> torch.Tensor:
+    """The noisy views' logits (2B, L, V) of a block-diffusion forward; a clear error otherwise
+    (no noisy views, a batch that was not preprocessed, a mask id outside the logits)."""
+    if batch is not None and "dlm_mask" not in batch:
+        raise ValueError(
+            "batch has no 'dlm_mask': run manager.preprocess_batch(batch) before the model"
+        )
     logits = getattr(model_outputs, "dlm_logits", None)
     if logits is None:
         raise ValueError(
             "the model outputs have no 'dlm_logits' (noisy views): call the model through "
             "run_model(model, batch, manager.requirements()) on the preprocessed DLM batch"
         )
+    if mask_token_id is not None and mask_token_id >= logits.shape[-1]:
+        raise ValueError(
+            f"mask_token_id {mask_token_id} is outside the model's {logits.shape[-1]} "
+            "logits: call add_mask_token(tokenizer, model) to resize the embeddings"
+        )
     return logits
+
+
+def resolve_mask_token(mask_token_id: int | None, tokenizer: Any,
+                       allow_vocab_mask_token: bool) -> int:
+    """The mask id a masking objective uses: the given one, checked to be a dedicated token, or
+    ``<|mask|>`` looked up in ``tokenizer``."""
+    if mask_token_id is None:
+        if tokenizer is None or MASK_TOKEN not in tokenizer.get_added_vocab():
+            raise ValueError(
+                "DLM needs mask_token_id: call add_mask_token(tokenizer, model) and pass its "
+                "id (or pass the tokenizer to create_objective_manager to look it up)"
+            )
+        mask_token_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    if tokenizer is not None:
+        check_mask_token(tokenizer, mask_token_id, allow_vocab_token=allow_vocab_mask_token)
+    elif not allow_vocab_mask_token:
+        raise ValueError(
+            f"cannot check that mask_token_id {mask_token_id} is a dedicated token without "
+            "the tokenizer: pass tokenizer= (create_objective_manager(..., tokenizer=tok)) or "
+            "set allow_vocab_mask_token: true"
+        )
+    return int(mask_token_id)
+
+
+def checked_block_size(block_size: int) -> int:
+    if block_size < 2:
+        raise ValueError(
+            f"block_size must be >= 2 (its first token is never masked), got {block_size}"
+        )
+    return int(block_size)
+
+
+def with_noisy_views(batch: Batch, mask: torch.Tensor, mask_token_id: int,
+                     block_size: int) -> Batch:
+    """The batch plus its noisy copies for the block layout: ``dlm_noisy_ids`` (cB, L), the
+    clean window repeated with the mask token where ``mask`` (cB, L) is True, ``dlm_mask`` and
+    ``dlm_block_size``; ``input_ids`` stays the clean window."""
+    input_ids = batch["input_ids"]  # (B, L)
+    if "dlm_mask" in batch:
+        raise ValueError(
+            "batch already has 'dlm_mask': two masking objectives ran on it (dlm and certainty "
+            "in one curriculum phase, or the preprocessing twice); give one of them weight 0"
+        )
+    if input_ids.shape[1] <= 2:
+        raise ValueError(
+            f"DLM needs sequences longer than 2 tokens (got {input_ids.shape[1]}): the first "
+            "position is never masked and token shift needs a preceding position"
+        )
+    copies = mask.shape[0] // input_ids.shape[0]
+    out = dict(batch)
+    out["dlm_noisy_ids"] = input_ids.repeat(copies, 1).masked_fill(mask, mask_token_id)
+    out["dlm_mask"] = mask
+    out["dlm_block_size"] = block_size
+    return out

@@ -11,6 +11,7 @@ from wrinklefree.objectives.attention import (
     BlockAttentionDistillObjective,
 )
 from wrinklefree.objectives.base import Objective
+from wrinklefree.objectives.certainty import CertaintyForcingObjective
 from wrinklefree.objectives.continue_pretrain import ContinuePretrainObjective
 from wrinklefree.objectives.curriculum import CurriculumPhase, CurriculumScheduler
 from wrinklefree.objectives.dlm import DLMObjective
@@ -26,6 +27,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     for cls in (
         ContinuePretrainObjective,
         DLMObjective,
+        CertaintyForcingObjective,
         LogitsDistillObjective,
         AttentionRelationDistillObjective,
         BlockAttentionDistillObjective,
