@@ -19,13 +19,10 @@ from wrinklefree.generate import (
     generate_ar,
     generate_batch,
     generate_block_diffusion,
-    next_token,
-    nucleus,
-    penalize_repeats,
-    sample,
     stream_text,
 )
 from wrinklefree.models import resolve_source
+from wrinklefree.sampling import next_token, nucleus, penalize_repeats, sample
 
 VOCAB = 128
 MASK = VOCAB - 1

@@ -20,7 +20,34 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from wrinklefree.generate import DecodeStats, _check_sampling, _eos_set, pick_token, seen_tokens
+from wrinklefree.generate import DecodeStats, check_one_row, decode_ar
+
+
+class CompiledSteps:
+    """The compiled decoding strategy of :func:`~wrinklefree.generate.decode_ar`: a
+    ``StaticCache`` of ``max_cache_len`` positions and the one-token step compiled once
+    (``backend``: ``inductor``; ``eager`` for tests)."""
+
+    def __init__(self, model: nn.Module, max_cache_len: int, backend: str = "inductor") -> None:
+        from transformers import StaticCache
+
+        self.model, self.length = model, 0
+        self.cache = cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+
+        def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+            return model(input_ids=token, past_key_values=cache, use_cache=True,
+                         cache_position=position).logits[:, -1]
+
+        self.compiled = torch.compile(step, backend=backend, dynamic=False)
+
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:  # (n, P) -> (n, V)
+        self.length = prompt.shape[1]
+        return self.model(input_ids=prompt, past_key_values=self.cache, use_cache=True,
+                          cache_position=torch.arange(self.length),
+                          logits_to_keep=1).logits[:, -1]
+
+    def step(self, token: torch.Tensor, index: int) -> torch.Tensor:  # (n,) -> (n, V)
+        return self.compiled(token[:, None], torch.tensor([self.length + index]))
 
 
 @torch.no_grad()
@@ -38,33 +65,12 @@ def generate_ar_compiled(
     backend: str = "inductor",
 ) -> Iterator[list[int]]:
     """:func:`wrinklefree.generate.generate_ar` on a ``StaticCache`` sized prompt + new tokens,
-    with the one-token decode step compiled (``backend``: ``inductor``; ``eager`` for tests).
-    Same sampling, same tokens up to float reassociation in the compiled graph."""
-    from transformers import StaticCache
-
-    _check_sampling(temperature, top_p, repetition_penalty)
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    eos, stats = _eos_set(eos_token_id), stats if stats is not None else DecodeStats()
-    length = input_ids.shape[1]
-    cache = StaticCache(config=model.config, max_cache_len=length + max_new_tokens)
-
-    def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=token, past_key_values=cache, use_cache=True,
-                     cache_position=position).logits[:, -1]
-
-    compiled = torch.compile(step, backend=backend, dynamic=False)
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True,
-                cache_position=torch.arange(length), logits_to_keep=1)
-    logits = out.logits[:, -1]  # (1, V)
-    seen = seen_tokens(input_ids, logits.shape[-1], repetition_penalty)  # (1, V) or None
-    for i in range(max_new_tokens):
-        token = pick_token(logits, seen, repetition_penalty=repetition_penalty,
-                           temperature=temperature, top_p=top_p, generator=generator)  # (1,)
-        stats.new_tokens += 1
+    with the one-token decode step compiled (:class:`CompiledSteps`). Same loop, same sampling,
+    same tokens up to float reassociation in the compiled graph."""
+    check_one_row(input_ids)
+    steps = CompiledSteps(model, input_ids.shape[1] + max_new_tokens, backend)
+    for token in decode_ar(steps, input_ids, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, seed=seed,
+                           eos_token_id=eos_token_id, stats=stats,
+                           repetition_penalty=repetition_penalty):
         yield [int(token)]
-        if int(token) in eos or i == max_new_tokens - 1:
-            return
-        logits = compiled(token.view(1, 1), torch.tensor([length + i]))
-        stats.model_calls += 1

@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from wrinklefree.block_diffusion import attention_bias, model_dtype
 from wrinklefree.models import load_model, load_tokenizer, resolve_source
+from wrinklefree.sampling import check_sampling, eos_set, pick_token, sample, seen_tokens
 
 NOT_DLM_HINT = "this model was not trained with the DLM objective; use --mode ar"
 
@@ -88,54 +89,6 @@ def mask_token_id_of(model: nn.Module, tokenizer=None) -> int | None:
     return token_id
 
 
-def eos_token_ids(model: nn.Module, tokenizer=None) -> set[int]:
-    """End-of-sequence ids: the model's generation config (may hold several, e.g. chat models)
-    plus the tokenizer's EOS token."""
-    config = getattr(model, "generation_config", None) or model.config
-    ids = _eos_set(getattr(config, "eos_token_id", None))
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top-p nucleus of ``probs`` (..., V): the smallest set of most likely tokens whose mass
-    reaches ``top_p``, renormalised (Holtzman et al. 2020, arXiv 1904.09751, Eq. 2-3).
-
-    Returns ``(weights, ids)``, both (..., V), most likely first, zero weight past the nucleus.
-    """
-    top, ids = probs.sort(dim=-1, descending=True)  # (..., V)
-    mass_before = top.cumsum(-1) - top  # mass of strictly more likely tokens
-    weights = top.masked_fill(mass_before >= top_p, 0.0)
-    return weights / weights.sum(-1, keepdim=True), ids
-
-
-def next_token(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick one token per row of logits (..., V): argmax at temperature 0, else a sample from
-    softmax(logits / temperature) restricted to the top-p nucleus. Returns long (...)."""
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    probs = (logits.float() / temperature).softmax(-1)  # (..., V)
-    return sample(probs, top_p, generator)
-
-
-def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Lower the logits (n, V) of the tokens each row has already seen ((n, V) bool): CTRL's
-    repetition penalty, which stops the loops greedy decoding falls into (``and the king, and the
-    king, ...``) without sampling. 1.0 = off; CTRL suggests 1.2."""
-    # Keskar et al. 2019 (arXiv 1909.05858) Sec. 4.1: x -> x/θ for seen tokens (x·θ if x < 0)
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-
-
 def model_repetition_penalty(model: nn.Module) -> float:
     """The repetition penalty a model recommends for itself, ``generation_config.
     repetition_penalty`` (where ``wf train`` writes its ``training.sample_repetition_penalty`` and
@@ -144,82 +97,92 @@ def model_repetition_penalty(model: nn.Module) -> float:
     return 1.0 if theta is None else float(theta)
 
 
-def seen_tokens(input_ids: torch.Tensor, vocab_size: int,
-                repetition_penalty: float) -> torch.Tensor | None:
-    """(n, L) ids -> (n, V) bool, the tokens of each row's prompt; None when the penalty is off."""
-    if repetition_penalty == 1.0:
-        return None
-    seen = torch.zeros(input_ids.shape[0], vocab_size, dtype=torch.bool, device=input_ids.device)
-    return seen.scatter_(1, input_ids, True)
-
-
-def pick_token(logits: torch.Tensor, seen: torch.Tensor | None, *, repetition_penalty: float,
-               temperature: float, top_p: float,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """:func:`next_token` of logits (n, V) after :func:`penalize_repeats`; the picked tokens (n,)
-    join ``seen`` in place. The one step every autoregressive decoder here takes."""
-    if seen is None:
-        return next_token(logits, temperature=temperature, top_p=top_p, generator=generator)
-    logits = penalize_repeats(logits, seen, repetition_penalty)
-    token = next_token(logits, temperature=temperature, top_p=top_p, generator=generator)
-    seen.scatter_(1, token[:, None], True)
-    return token
-
-
-def sample(probs: torch.Tensor, top_p: float = 1.0, generator: torch.Generator | None = None,
-           rounds: int = 8) -> torch.Tensor:
-    """One token id per row of probs (..., V), drawn from the row's top-p nucleus (exactly).
-
-    By rejection: draw from the whole distribution (inverse CDF) and keep the draw when it lies
-    in the nucleus, i.e. when the tokens strictly more likely than it hold less than ``top_p``;
-    a row is accepted with probability its nucleus mass (>= ``top_p``), and the accepted draws
-    follow the renormalised nucleus. Rows still rejected after ``rounds`` draws (a tiny
-    ``top_p``) are drawn from the sorted :func:`nucleus`. Why: sorting a 49k vocabulary per row
-    and a multinomial over all of it were half of the time of batched sampling on CPU.
-    """
-    flat = probs.reshape(-1, probs.shape[-1])  # (N, V)
-    rows, cdf = flat, flat.double().cumsum(-1)  # (n, V); float64: no drift over a large vocab
-    if top_p >= 1.0:  # the whole distribution: one draw, always accepted
-        return _inverse_cdf_draw(cdf, generator).view(probs.shape[:-1])
-    tokens = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)  # (N,)
-    todo = torch.arange(flat.shape[0], device=flat.device)  # rows not yet drawn
-    for _ in range(rounds):
-        draw = _inverse_cdf_draw(cdf, generator)  # (n, 1)
-        accepted = (rows * (rows > rows.gather(-1, draw))).sum(-1) < top_p  # (n,) mass above
-        tokens[todo[accepted]] = draw[accepted, 0]
-        todo, rows, cdf = todo[~accepted], rows[~accepted], cdf[~accepted]
-        if len(todo) == 0:
-            return tokens.view(probs.shape[:-1])
-    weights, ids = nucleus(flat[todo], top_p)  # (n, V)
-    picked = torch.multinomial(weights, 1, generator=generator)  # (n, 1)
-    tokens[todo] = ids.gather(-1, picked)[:, 0]
-    return tokens.view(probs.shape[:-1])
-
-
-def _inverse_cdf_draw(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row of an unnormalised CDF (n, V), drawn in proportion to its steps: (n, 1)."""
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
-    draw = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (n, 1)
-    return draw.clamp_(max=cdf.shape[-1] - 1)
-
-
-def _check_sampling(temperature: float, top_p: float, repetition_penalty: float = 1.0) -> None:
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1 = off, 1.2 = CTRL's), got "
-                         f"{repetition_penalty}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-
-
-def _eos_set(eos_token_id: int | Iterable[int] | None) -> set[int]:
-    if eos_token_id is None:
-        return set()
-    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+def eos_token_ids(model: nn.Module, tokenizer=None) -> set[int]:
+    """End-of-sequence ids: the model's generation config (may hold several, e.g. chat models)
+    plus the tokenizer's EOS token."""
+    config = getattr(model, "generation_config", None) or model.config
+    ids = eos_set(getattr(config, "eos_token_id", None))
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
 
 
 # ----------------------------------------------------------------------------- autoregressive
+
+
+class KVCacheSteps:
+    """The plain decoding strategy: a ``DynamicCache`` and one eager forward per new token.
+
+    A strategy gives :func:`decode_ar` the last logits of the prompt (:meth:`prefill`) and of
+    each new token (:meth:`step`); :class:`wrinklefree.compiled.CompiledSteps` is the other one
+    (a static cache and a compiled step)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.cache = model, DynamicCache()
+
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:  # (n, P) -> (n, V)
+        return self.model(input_ids=prompt, past_key_values=self.cache, use_cache=True,
+                          logits_to_keep=1).logits[:, -1]
+
+    def step(self, token: torch.Tensor, index: int) -> torch.Tensor:  # (n,) -> (n, V)
+        """Logits after new token number ``index`` (0-based) of every row."""
+        return self.model(input_ids=token[:, None], past_key_values=self.cache,
+                          use_cache=True).logits[:, -1]
+
+
+@torch.no_grad()
+def decode_ar(
+    steps: KVCacheSteps,
+    prompt: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    eos_token_id: int | Iterable[int] | None = None,
+    stats: DecodeStats | None = None,
+    repetition_penalty: float = 1.0,
+    on_step: Callable[[int], None] | None = None,
+) -> Iterator[torch.Tensor]:
+    """The one autoregressive loop: yield the next token of every row of prompt (n, P), (n,).
+
+    ``steps`` runs the model (:class:`KVCacheSteps`, or a compiled static cache); the callers
+    collect what it yields (:func:`generate_ar` streams one row, :func:`generate_batch` stacks
+    rows). Each token is :func:`~wrinklefree.sampling.pick_token`'s, drawn with a generator
+    seeded by ``seed`` on the prompt's device (None: the global RNG). A row that has drawn an
+    end-of-sequence token repeats it from then on; the loop ends once every row has, or after
+    ``max_new_tokens``. ``on_step(step)`` is called before each token (a progress bar);
+    ``stats`` counts the tokens of one row and the forwards after the prompt's.
+    """
+    check_sampling(temperature, top_p, repetition_penalty)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=prompt.device).manual_seed(seed)
+    eos = torch.tensor(sorted(eos_set(eos_token_id)), dtype=torch.long, device=prompt.device)
+    stats = stats if stats is not None else DecodeStats()
+    logits = steps.prefill(prompt)  # (n, V)
+    seen = seen_tokens(prompt, logits.shape[-1], repetition_penalty)  # (n, V) or None
+    done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)  # (n,)
+    token = None
+    for step in range(max_new_tokens):
+        if on_step is not None:
+            on_step(step)
+        picked = pick_token(logits, seen, repetition_penalty=repetition_penalty,
+                            temperature=temperature, top_p=top_p, generator=generator)  # (n,)
+        token = picked if token is None else torch.where(done, token, picked)
+        done |= torch.isin(token, eos)
+        stats.new_tokens += 1
+        yield token
+        if bool(done.all()) or step == max_new_tokens - 1:
+            return
+        logits = steps.step(token, step)
+        stats.model_calls += 1
+
+
+def check_one_row(input_ids: torch.Tensor) -> None:
+    """Streaming decoders take one prompt: input_ids (1, L)."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
 
 
 @torch.no_grad()
@@ -240,28 +203,14 @@ def generate_ar(
     One forward pass over the prompt, then one per token on top of a KV cache (DynamicCache).
     Stops after ``max_new_tokens`` or after yielding an end-of-sequence token. A
     ``repetition_penalty`` != 1 lowers the tokens of the prompt and of the text so far
-    (:func:`penalize_repeats`).
+    (:func:`~wrinklefree.sampling.penalize_repeats`).
     """
-    _check_sampling(temperature, top_p, repetition_penalty)
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-    eos = _eos_set(eos_token_id)
-    stats = stats if stats is not None else DecodeStats()
-    cache = DynamicCache()
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    seen = seen_tokens(input_ids, out.logits.shape[-1], repetition_penalty)  # (1, V) or None
-    for step in range(max_new_tokens):
-        token = pick_token(out.logits[:, -1], seen, repetition_penalty=repetition_penalty,
-                           temperature=temperature, top_p=top_p, generator=generator)  # (1,)
-        stats.new_tokens += 1
+    check_one_row(input_ids)
+    for token in decode_ar(KVCacheSteps(model), input_ids, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, seed=seed,
+                           eos_token_id=eos_token_id, stats=stats,
+                           repetition_penalty=repetition_penalty):
         yield [int(token)]
-        if int(token) in eos or step == max_new_tokens - 1:
-            return
-        out = model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True)
-        stats.model_calls += 1
 
 
 @torch.no_grad()
@@ -278,32 +227,17 @@ def generate_batch(
 ) -> torch.Tensor:
     """(n, P) prompts -> (n, T) continuations, T <= ``max_new_tokens``, all rows at once.
 
-    One forward over the prompts, then one per token on a KV cache (DynamicCache); each row picks
-    its token with :func:`next_token` (greedy at temperature 0, else the top-p nucleus sampled
-    without sorting the vocabulary: transformers' ``generate`` sorts every row's whole vocabulary,
-    half its time on CPU). With ``eos_token_id`` finished rows are padded with it and the loop
-    stops once every row has drawn it. ``on_step(step)`` is called before each new token (a
-    progress bar). ``repetition_penalty`` as in :func:`generate_ar`. Used by the teacher sampler,
-    on-policy distillation and the training report's loop measure.
+    :func:`decode_ar` on a KV cache (DynamicCache), its tokens stacked: greedy at temperature 0,
+    else the top-p nucleus sampled without sorting the vocabulary (transformers' ``generate``
+    sorts every row's whole vocabulary, half its time on CPU). With ``eos_token_id`` finished
+    rows are padded with it and the loop stops once every row has drawn it. ``on_step(step)`` is
+    called before each new token (a progress bar). ``repetition_penalty`` as in
+    :func:`generate_ar`. Used by the teacher sampler, on-policy distillation and the training
+    report's loop measure.
     """
-    _check_sampling(temperature, top_p, repetition_penalty)
-    cache = DynamicCache()
-    out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    seen = seen_tokens(prompt, out.logits.shape[-1], repetition_penalty)  # (n, V) or None
-    done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)  # (n,)
-    tokens = []
-    for step in range(max_new_tokens):
-        if on_step is not None:
-            on_step(step)
-        token = pick_token(out.logits[:, -1], seen, repetition_penalty=repetition_penalty,
-                           temperature=temperature, top_p=top_p)  # (n,)
-        if eos_token_id is not None:
-            token = token.masked_fill(done, eos_token_id)
-            done |= token == eos_token_id
-        tokens.append(token)
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        out = model(input_ids=token[:, None], past_key_values=cache, use_cache=True)
+    tokens = list(decode_ar(KVCacheSteps(model), prompt, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, eos_token_id=eos_token_id,
+                            on_step=on_step, repetition_penalty=repetition_penalty))
     return torch.stack(tokens, dim=1) if tokens else prompt[:, :0]  # (n, T)
 
 
@@ -364,14 +298,13 @@ def generate_block_diffusion(
     if block_size < 2 or (max_steps is not None and max_steps < 1):
         raise ValueError(f"need block_size >= 2 and max_steps >= 1 (or None), got {block_size}, "
                          f"{max_steps}")
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
-    _check_sampling(temperature, top_p)
+    check_one_row(input_ids)
+    check_sampling(temperature, top_p)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     pick = _Picker(mask_token_id, temperature, top_p, generator)
-    eos = _eos_set(eos_token_id)
+    eos = eos_set(eos_token_id)
     stats = stats if stats is not None else DecodeStats()
     cache = DynamicCache()
     aligned = input_ids.shape[1] // block_size * block_size  # the prompt's whole blocks

@@ -4,7 +4,7 @@
 binding is optional (``requirements-llamacpp.txt``, built from source); every entry point raises
 :class:`~wrinklefree.errors.UserInputError` with the install command when it is missing.
 
-Sampling follows ``wf generate``'s PyTorch decoder (``wrinklefree.generate.next_token``): greedy
+Sampling follows ``wf generate``'s PyTorch decoder (``wrinklefree.sampling.next_token``): greedy
 at temperature 0, else softmax(logits / T) restricted to the top-p nucleus. llama.cpp's extra
 samplers are switched off (top_k = 0, min_p = 0, no repeat penalty) so the same flags mean the
 same distribution.

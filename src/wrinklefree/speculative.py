@@ -37,12 +37,10 @@ from wrinklefree.generate import (
     NOT_DLM_HINT,
     DecodeStats,
     NotDLMModelError,
-    _check_sampling,
-    _eos_set,
+    check_one_row,
     greedy_fill,
-    pick_token,
-    seen_tokens,
 )
+from wrinklefree.sampling import check_sampling, eos_set, pick_token, seen_tokens
 
 
 @torch.no_grad()
@@ -70,10 +68,9 @@ def generate_speculative(
                                "has none; " + NOT_DLM_HINT)
     if block_size < 2:
         raise ValueError(f"need block_size >= 2, got {block_size}")
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
-    _check_sampling(0.0, 1.0, repetition_penalty)
-    eos = _eos_set(eos_token_id)
+    check_one_row(input_ids)
+    check_sampling(0.0, 1.0, repetition_penalty)
+    eos = eos_set(eos_token_id)
     stats = stats if stats is not None else DecodeStats()
     seq = input_ids[0].tolist()  # committed text: the prompt, then every committed token
     end = len(seq) + max_new_tokens  # one past the last position to produce
