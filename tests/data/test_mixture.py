@@ -222,7 +222,7 @@ def test_dataloader_batches_and_refuses_worker_processes(two_sources, tokenizer)
 def test_val_windows_are_the_heldout_tokens_with_packed_positions(tokenizer):
     windows = build_val_windows(tokenizer, seq_len=32, num_windows=3)
     assert torch.equal(torch.stack([w["input_ids"] for w in windows]),
-                       heldout_windows(tokenizer, seq_len=32, num_windows=3))
+                       heldout_windows(tokenizer, seq_len=32, num_windows=3, split="validation"))
     eos = tokenizer.eos_token_id
     for w in windows:
         assert w["position_ids"].tolist() == _positions(w["input_ids"].tolist(), eos)

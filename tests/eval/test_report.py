@@ -37,11 +37,19 @@ def test_ratios_and_table_by_hand():
     assert "trained   'And God said,' -> ' x'" in table
 
 
-def test_held_out_prompts_open_every_chunk_of_every_window():
+def test_held_out_prompts_open_equal_chunks_of_the_windows_text():
     windows = torch.arange(32).view(2, 16)
-    assert held_out_prompts(windows, per_window=2, length=3).tolist() == [
+    assert held_out_prompts(windows, count=4, length=3).tolist() == [
         [0, 1, 2], [8, 9, 10], [16, 17, 18], [24, 25, 26]]
-    assert held_out_prompts(windows, per_window=4, length=12).shape == (8, 4)  # chunk-bound
+    # 8 windows x 128 tokens: the opening of every quarter window, the prompts of earlier reports
+    prompts = held_out_prompts(torch.arange(8 * 128).view(8, 128))
+    assert prompts.shape == (32, 12) and prompts[:, 0].tolist() == list(range(0, 1024, 32))
+    # 64 windows cost no more generation: 32 prompts spread over all of them
+    prompts = held_out_prompts(torch.arange(64 * 128).view(64, 128))
+    assert prompts.shape == (32, 12) and prompts[:, 0].tolist() == list(range(0, 8192, 256))
+    # too little text for count x length: fewer prompts, never shorter ones
+    assert held_out_prompts(torch.arange(30).view(1, 30), count=4, length=12).tolist() == [
+        list(range(12)), list(range(15, 27))]
 
 
 def test_without_teacher_it_says_so():
@@ -56,8 +64,11 @@ def test_evaluate_model_on_a_tiny_model(tiny_folder):
 
     model, tokenizer = load_for_generation(str(tiny_folder))
     windows = {"asv": torch.randint(0, 100, (2, 16)), "english": torch.randint(0, 100, (2, 16))}
-    result = evaluate_model(model, tokenizer, windows, ["And God said,", "The city"], 6)
+    validation = {"asv": torch.randint(0, 100, (1, 16))}
+    result = evaluate_model(model, tokenizer, windows, ["And God said,", "The city"], 6,
+                            validation=validation)
     assert set(result["domains"]) == {"asv", "english"}
+    assert set(result["validation"]) == {"asv"} and result["validation"]["asv"] > 1
     assert result["perplexity"] == result["domains"]["asv"]
     assert [s["prompt"] for s in result["samples"]] == ["And God said,", "The city"]
     assert result["sample"] == result["samples"][0]["text"]

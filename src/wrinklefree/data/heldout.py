@@ -7,6 +7,11 @@ Two evaluation *domains* (:func:`domain_windows`): ``asv``, the held-out ASV spl
 demo trains on), and ``english``, general news English that no training mixture may use
 (``assets.english_documents``). A student that only learned the Bible's style scores well on the
 first and badly on the second; reporting both is what keeps a recipe honest.
+
+Each domain's held-out documents are split again, by document, into *validation* text (every
+``VALIDATION_EVERY``-th document: what training validates on, the influence probe, and what
+recipes are chosen on) and *test* text (the rest: what reports print). Disjoint by construction,
+so a recipe tuned on validation numbers is still scored on text nothing was tuned on.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import torch
 
 from wrinklefree import assets
 
-HELDOUT_EVERY = 50
+HELDOUT_EVERY = 25  # 4 % of the ASV: ~39k tokens, >= 64 x 128-token test windows after validation
+VALIDATION_EVERY = 4  # of a domain's held-out documents, every 4th is validation, the rest test
+SPLITS = ("validation", "test")
+REPORT_WINDOWS = 64  # test windows per domain that reports score (x 128 tokens: ~8k tokens each)
 
 
 def asv_split() -> tuple[list[str], list[str]]:
@@ -44,34 +52,46 @@ def token_windows(
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-def heldout_windows(tokenizer, seq_len: int = 256, num_windows: int = 16) -> torch.Tensor:
-    """The first ``num_windows`` held-out ASV windows of ``seq_len`` tokens, (N, seq_len)."""
-    return token_windows(tokenizer, asv_split()[1], seq_len, num_windows)
+def heldout_windows(tokenizer, seq_len: int = 256, num_windows: int = 16,
+                    split: str = "test") -> torch.Tensor:
+    """The first ``num_windows`` windows of ``seq_len`` tokens of the held-out ASV ``split``,
+    (N, seq_len)."""
+    return token_windows(tokenizer, domain_documents("asv", split), seq_len, num_windows)
 
 
 DOMAINS = ("asv", "english")
 
 
-def domain_documents(domain: str) -> list[str]:
-    """The evaluation documents of ``domain``: held-out ASV, or all 300 English news articles
-    (none of them is ever trained on, so all are held out)."""
+def split_documents(documents: list[str], split: str) -> list[str]:
+    """The ``split`` part of held-out ``documents``: every ``VALIDATION_EVERY``-th document is
+    validation text, the others test text; the two never share a document."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown evaluation split {split!r}; choose one of {SPLITS}")
+    validation = split == "validation"
+    return [d for i, d in enumerate(documents)
+            if (i % VALIDATION_EVERY == VALIDATION_EVERY - 1) == validation]
+
+
+def domain_documents(domain: str, split: str = "test") -> list[str]:
+    """The ``split`` documents of ``domain``: of the held-out ASV, or of all 300 English news
+    articles (none of them is ever trained on, so all are held out)."""
     if domain == "asv":
-        return asv_split()[1]
-    if domain == "english":
-        return list(assets.english_documents())
-    raise ValueError(f"unknown evaluation domain {domain!r}; choose one of {DOMAINS}")
+        held_out = asv_split()[1]
+    elif domain == "english":
+        held_out = list(assets.english_documents())
+    else:
+        raise ValueError(f"unknown evaluation domain {domain!r}; choose one of {DOMAINS}")
+    return split_documents(held_out, split)
 
 
 def domain_windows(
-    tokenizer, seq_len: int = 256, num_windows: int = 16, domains: tuple[str, ...] = DOMAINS
+    tokenizer, seq_len: int = 128, num_windows: int = REPORT_WINDOWS,
+    domains: tuple[str, ...] = DOMAINS, split: str = "test",
 ) -> dict[str, torch.Tensor]:
-    """Fixed evaluation windows per domain: ``{"asv": (N, L), "english": (N, L)}``.
-
-    The ``asv`` windows equal :func:`heldout_windows`, so ASV numbers stay comparable with
-    every earlier report; both are contiguous text from the first document on, EOS between
-    documents.
-    """
-    return {d: token_windows(tokenizer, domain_documents(d), seq_len, num_windows)
+    """Fixed evaluation windows per domain: ``{"asv": (N, L), "english": (N, L)}``, contiguous
+    text of the ``split`` documents from the first on, EOS between documents. The ``asv``
+    windows equal :func:`heldout_windows` of the same split."""
+    return {d: token_windows(tokenizer, domain_documents(d, split), seq_len, num_windows)
             for d in domains}
 
 

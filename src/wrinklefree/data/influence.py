@@ -140,8 +140,9 @@ def remix_weights(weights: Mapping[str, float], scores: Mapping[str, float], ste
 
 def build_probe_batch(tokenizer, seq_len: int, config: RemixConfig,
                       skip: int = 0) -> dict[str, torch.Tensor]:
-    """The probe set: ``config.probe_windows`` held-out ASV windows after the first ``skip``
-    (pass the number of validation windows, so the probe never overlaps what is reported)."""
+    """The probe set: ``config.probe_windows`` ASV validation windows after the first ``skip``
+    (pass the number of validation windows, so the probe never overlaps what training validates
+    on; it never overlaps the test windows reports print, which are other documents)."""
     from wrinklefree.data.mixture import build_val_windows
 
     return collate(build_val_windows(tokenizer, seq_len, skip + config.probe_windows)[skip:])

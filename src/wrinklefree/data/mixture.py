@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from wrinklefree.data.cache import TokenStore
 from wrinklefree.data.config import DataConfig, as_data_config
-from wrinklefree.data.heldout import asv_split, token_windows
+from wrinklefree.data.heldout import domain_documents, token_windows
 from wrinklefree.data.identity import tokenizer_fingerprint
 from wrinklefree.data.packing import collate, eos_id, make_window
 from wrinklefree.data.readers import ShuffledReader, StreamReader, make_reader
@@ -199,8 +199,9 @@ def build_train_stream(config: DataConfig, tokenizer, rank: int = 0,
 def build_val_windows(tokenizer, seq_len: int = 256, num_windows: int = 16,
                       documents: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
     """Validation windows in the training format (position ids restart per document), from the
-    ASV held-out split by default: the same tokens as :func:`heldout.heldout_windows`."""
-    docs = asv_split()[1] if documents is None else documents
+    ASV validation documents by default: the same tokens as
+    ``heldout.heldout_windows(..., split="validation")``, never the test windows reports print."""
+    docs = domain_documents("asv", "validation") if documents is None else documents
     eos = eos_id(tokenizer)
     return [make_window(w, eos) for w in token_windows(tokenizer, docs, seq_len, num_windows)]
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from wrinklefree import assets
+from wrinklefree.data import overlap
 from wrinklefree.data.config import SourceConfig
 from wrinklefree.data.heldout import asv_split
 from wrinklefree.errors import MissingFieldError, UserInputError
@@ -48,18 +49,40 @@ def source_files(source: SourceConfig) -> list[Path]:
 
 
 def refuse_evaluation_text(source: SourceConfig, files: list[Path]) -> None:
-    """Training on the general-English evaluation corpus would make its perplexity meaningless:
-    a source that reaches that file is an error."""
+    """Training on evaluation text would make its perplexity meaningless: a source that reaches
+    the general-English corpus file, or whose files share passages with an evaluation corpus
+    (a copy under another name, pasted held-out chapters; ``data/overlap.py``), is an error."""
     try:
         heldout = assets.english_corpus_path().resolve()
     except FileNotFoundError:  # not installed: nothing to protect
-        return
-    if any(p.resolve() == heldout for p in files):
-        raise ValueError(
+        heldout = None
+    if heldout is not None and any(p.resolve() == heldout for p in files):
+        raise UserInputError(
             f"source '{source.name}': path {source.path!r} includes {heldout}, the general-English "
             "evaluation corpus (wf eval --domain english); it must never be trained on. Point the "
             "source at other text (exclude gensim's test_data folder)"
         )
+    for path in overlap.sample_files(files):
+        shared = _shared_with_evaluation(path, source)
+        for corpus, count in shared.items():
+            if count >= overlap.MIN_SHARED:
+                raise UserInputError(
+                    f"source '{source.name}': {path} shares {count} passages of "
+                    f"{overlap.SHINGLE} words with {corpus}, which must never be trained on; "
+                    "remove that text from the source"
+                )
+
+
+_OVERLAP_VERDICTS: dict[tuple, dict[str, int]] = {}  # one check per file version per process
+
+
+def _shared_with_evaluation(path: Path, source: SourceConfig) -> dict[str, int]:
+    """:func:`overlap.shared_shingles` of the start of ``path``, remembered per (file, size,
+    mtime, format): a source is listed several times per run (config check, cache key, read)."""
+    key = (*file_stats([path])[0], source.format, source.text_field)
+    if key not in _OVERLAP_VERDICTS:
+        _OVERLAP_VERDICTS[key] = overlap.shared_shingles(_file_documents(path, source))
+    return _OVERLAP_VERDICTS[key]
 
 
 def file_format(path: Path, declared: str) -> str:
@@ -153,13 +176,17 @@ def _raw_documents(source: SourceConfig) -> Iterator[str]:
         yield from _hf_documents(source)
     else:
         for path in source_files(source):
-            fmt = file_format(path, source.format)
-            if fmt == "text":
-                yield from _text_documents(path)
-            elif fmt == "jsonl":
-                yield from _jsonl_documents(path, source.text_field)
-            else:
-                yield from _parquet_documents(path, source.text_field)
+            yield from _file_documents(path, source)
+
+
+def _file_documents(path: Path, source: SourceConfig) -> Iterator[str]:
+    """The documents of one file of ``source``, read in its format."""
+    fmt = file_format(path, source.format)
+    if fmt == "text":
+        return _text_documents(path)
+    if fmt == "jsonl":
+        return _jsonl_documents(path, source.text_field)
+    return _parquet_documents(path, source.text_field)
 
 
 def iter_documents(source: SourceConfig, start: int = 0) -> Iterator[str]:

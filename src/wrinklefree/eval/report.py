@@ -38,13 +38,15 @@ def greedy_ids(model, tokenizer, prompt: str, new_tokens: int,
     return out[: out.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in out else out
 
 
-def held_out_prompts(windows: torch.Tensor, per_window: int = 4,
-                     length: int = 12) -> torch.Tensor:
-    """(N, L) evaluation windows -> (N·per_window, min(length, L // per_window)) prompts: the
-    first tokens of each of ``per_window`` equal chunks of every window."""
-    n, window = windows.shape
-    chunk = window // per_window
-    return windows[:, : chunk * per_window].reshape(n * per_window, chunk)[:, :length]
+def held_out_prompts(windows: torch.Tensor, count: int = 32, length: int = 12) -> torch.Tensor:
+    """(N, L) evaluation windows -> (count, length) prompts: the first ``length`` tokens of each
+    of ``count`` equal chunks of the windows' text, read in order. The count does not grow with
+    the windows: 64 test windows cost no more generation than 8 (8 x 128 tokens give exactly the
+    prompts of earlier reports, 4 per window)."""
+    flat = windows.reshape(-1)  # (N·L,)
+    count = min(count, flat.numel() // length)
+    chunk = flat.numel() // count
+    return flat[: chunk * count].view(count, chunk)[:, :length]
 
 
 @torch.no_grad()
@@ -58,18 +60,22 @@ def held_out_degeneration(model, windows: torch.Tensor, new_tokens: int,
 
 
 def evaluate_model(model, tokenizer, windows: dict[str, torch.Tensor], prompts: list[str],
-                   new_tokens: int, repetition_penalty: float = 1.0) -> dict[str, Any]:
-    """Perplexity on every domain's windows, greedy samples of ``prompts`` to read, and how
-    degenerate greedy decoding is on every domain's held-out prompts.
+                   new_tokens: int, repetition_penalty: float = 1.0,
+                   validation: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Perplexity on every domain's test windows, greedy samples of ``prompts`` to read, how
+    degenerate greedy decoding is on every domain's held-out prompts, and (given ``validation``
+    windows) perplexity on the validation split, the number recipes are chosen on.
 
     ``perplexity`` stays the ASV number (what reports before two domains held), ``domains`` has
-    all of them; ``degeneration`` is ``{domain: {rep4, distinct2}}`` of plain greedy decoding and
+    all of them, ``validation`` the same on validation windows;
+    ``degeneration`` is ``{domain: {rep4, distinct2}}`` of plain greedy decoding and
     ``rep4`` / ``distinct2`` their means over the domains; ``sample`` is the first prompt's
     continuation. With a ``repetition_penalty`` != 1 the samples are decoded with it, and
     ``degeneration_penalized`` / ``rep4_penalized`` measure the same prompts with it: the loops
     of the model itself stay in ``degeneration``.
     """
     domains = {name: perplexity(model, w) for name, w in windows.items()}
+    checked = {name: perplexity(model, w) for name, w in (validation or {}).items()}
     samples = []
     for prompt in prompts:
         ids = greedy_ids(model, tokenizer, prompt, new_tokens, repetition_penalty)
@@ -78,6 +84,8 @@ def evaluate_model(model, tokenizer, windows: dict[str, torch.Tensor], prompts: 
     result: dict[str, Any] = {"perplexity": domains.get("asv", next(iter(domains.values()))),
                               "domains": domains, "samples": samples,
                               "repetition_penalty": repetition_penalty}
+    if checked:
+        result["validation"] = checked
     if new_tokens > 0:
         result.update(_loops(model, windows, new_tokens, 1.0, suffix=""))
         if repetition_penalty != 1.0:
@@ -136,6 +144,10 @@ def format_report(report: dict[str, Any]) -> str:
                        for i, (v, w) in enumerate(zip(line, widths, strict=True)))
              for line in table]
     lines.insert(1, "-" * len(lines[0]))
+    if "windows" in report:
+        test = report["windows"]["test"]
+        lines.append("perplexity on the test windows: " + ", ".join(
+            f"{d} {n} x {length} tokens" for d, (n, length) in test.items()))
     if "teacher" not in report:
         lines.append(NO_TEACHER)
     if penalized:

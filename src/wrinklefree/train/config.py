@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from wrinklefree.convert import BitNetConfig
 from wrinklefree.data.config import DataConfig
+from wrinklefree.data.heldout import REPORT_WINDOWS
 from wrinklefree.errors import UserInputError, did_you_mean
 
 
@@ -89,8 +90,9 @@ class TrainingConfig:
     keep_last: int = 2
     seed: int = 0
     # before/after report (train/run.py): perplexity on both evaluation domains (ASV held out,
-    # general English) over eval_windows windows each (None = val_windows), and greedy samples
-    eval_windows: int | None = None
+    # general English) over eval_windows test windows each (other documents than the val_windows
+    # validation windows, data/heldout.py), and greedy samples
+    eval_windows: int = REPORT_WINDOWS
     # two in the ASV's style, two general English: a student that only learned the Bible's style
     # shows it on the last two
     sample_prompts: list[str] = field(default_factory=lambda: [
@@ -324,6 +326,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("training.val_every", _at_least(1), "an integer >= 1 (steps between validations)"),
     ("training.checkpoint_every", _at_least(1), "an integer >= 1 (steps between checkpoints)"),
     ("training.val_windows", _at_least(1), "an integer >= 1"),
+    ("training.eval_windows", _at_least(1), "an integer >= 1 (test windows per domain)"),
     ("training.keep_last", _at_least(-1), "an integer >= -1 (-1 keeps every checkpoint)"),
     ("training.lr", lambda v: v > 0 and math.isfinite(v), "a number > 0"),
     ("training.weight_decay", _at_least(0), "a number >= 0"),

@@ -163,10 +163,12 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
 
 
 def _evaluate(model, tokenizer, cfg: DictConfig,
-              windows: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Perplexity per evaluation domain, greedy samples and their degeneration (eval/report.py)."""
-    return evaluate_model(model, tokenizer, windows, list(cfg.training.sample_prompts),
-                          cfg.training.sample_tokens, cfg.training.sample_repetition_penalty)
+              windows: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Perplexity per evaluation domain on the test and validation windows (``windows``:
+    ``{split: {domain: (N, L)}}``), greedy samples and their degeneration (eval/report.py)."""
+    return evaluate_model(model, tokenizer, windows["test"], list(cfg.training.sample_prompts),
+                          cfg.training.sample_tokens, cfg.training.sample_repetition_penalty,
+                          validation=windows["validation"])
 
 
 def train(config: DictConfig | dict) -> Path:
@@ -221,9 +223,14 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
 
     report: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps,
                               "world_size": world}
-    # the same windows per domain (held-out ASV, general English) before and after training
-    eval_windows = domain_windows(data_tokenizer, data_cfg.seq_len,
-                                  cfg.training.eval_windows or cfg.training.val_windows)
+    # the same windows per domain (held-out ASV, general English) before and after training: the
+    # test windows the report prints, and validation windows (other documents) to choose on
+    eval_windows = {
+        "test": domain_windows(data_tokenizer, data_cfg.seq_len, cfg.training.eval_windows),
+        "validation": domain_windows(data_tokenizer, data_cfg.seq_len,
+                                     cfg.training.val_windows, split="validation")}
+    report["windows"] = {split: {d: list(w.shape) for d, w in per_domain.items()}
+                         for split, per_domain in eval_windows.items()}
     if cfg.training.eval_before and resume is None and rank == 0:
         if teacher is not None:
             report["teacher"] = _evaluate(teacher.model, tokenizer, cfg, eval_windows)
@@ -376,7 +383,7 @@ def _rank_checksums(trainer, student) -> list[float]:
 
 
 def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
-            eval_windows: dict[str, torch.Tensor],
+            eval_windows: dict[str, dict[str, torch.Tensor]],
             report: dict[str, Any]) -> Path:
     """Save ``final/`` (loadable with load_bitnet), evaluate it, write report.json and the plot."""
     set_quant_lambda(student, cfg.training.quant_lambda.end)
