@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  summarization   optional fine-tuning, greedy summaries, ROUGE\n"
         "                  (jsonl with article/summary, or cnn_dailymail)\n\n"
         "examples:\n"
-        "  wf eval smollm2 converted/ runs/demo --task perplexity --windows 16\n"
+        "  wf eval smollm2 converted/ runs/demo --task perplexity --windows 64\n"
         "  wf eval runs/demo --reference smollm2 --domain all   # ratios to the teacher\n"
         "  wf eval runs/dlm smollm2 --task elbo --samples 16\n"
         "  wf eval runs/demo --task classification --train train.jsonl --eval dev.jsonl")
@@ -629,9 +629,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=at_least(1), help="default: 4 (8 for classification)")
     p.add_argument("--seed", type=int, default=0, help="masks (elbo), head init and data order")
     g = p.add_argument_group("perplexity / elbo")
-    g.add_argument("--seq-len", type=at_least(2), default=256,
-                   help="tokens per window (default 256)")
-    g.add_argument("--windows", type=at_least(1), default=16, help="number of windows (default 16)")
+    g.add_argument("--seq-len", type=at_least(2), default=128,
+                   help="tokens per window (default 128)")
+    g.add_argument("--windows", type=at_least(1), default=64,
+                   help="test windows per domain (default 64)")
     g.add_argument("--text", metavar="FILE",
                    help="UTF-8 text file (documents split on blank lines) instead of the domains")
     g.add_argument("--domain", choices=["asv", "english", "all"],

@@ -79,7 +79,8 @@ _OVERLAP_VERDICTS: dict[tuple, dict[str, int]] = {}  # one check per file versio
 def _shared_with_evaluation(path: Path, source: SourceConfig) -> dict[str, int]:
     """:func:`overlap.shared_shingles` of the start of ``path``, remembered per (file, size,
     mtime, format): a source is listed several times per run (config check, cache key, read)."""
-    key = (*file_stats([path])[0], source.format, source.text_field)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, source.format, source.text_field)
     if key not in _OVERLAP_VERDICTS:
         _OVERLAP_VERDICTS[key] = overlap.shared_shingles(_file_documents(path, source))
     return _OVERLAP_VERDICTS[key]

@@ -13,7 +13,7 @@ import hashlib
 import math
 from pathlib import Path
 
-from wrinklefree.data.heldout import DOMAINS, domain_windows
+from wrinklefree.data.heldout import DOMAINS, REPORT_WINDOWS, domain_windows
 from wrinklefree.eval.elbo import masked_elbo
 from wrinklefree.eval.perplexity import eval_windows, mean_nll, require_windows
 from wrinklefree.generate import load_for_generation, mask_token_id_of
@@ -34,8 +34,8 @@ def likelihood(
     src: str,
     *,
     elbo: bool = False,
-    seq_len: int = 256,
-    num_windows: int = 16,
+    seq_len: int = 128,
+    num_windows: int = REPORT_WINDOWS,
     text: str | Path | None = None,
     domain: str = "asv",
     batch_size: int = 4,
@@ -61,8 +61,8 @@ def likelihood_rows(
     domains: tuple[str, ...] | list[str] = DOMAINS,
     *,
     elbo: bool = False,
-    seq_len: int = 256,
-    num_windows: int = 16,
+    seq_len: int = 128,
+    num_windows: int = REPORT_WINDOWS,
     text: str | Path | None = None,
     batch_size: int = 4,
     num_samples: int = 16,

@@ -12,14 +12,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from wrinklefree.data.heldout import heldout_windows, token_windows
+from wrinklefree.data.heldout import REPORT_WINDOWS, heldout_windows, token_windows
 from wrinklefree.errors import UserInputError
 
 
 def eval_windows(
-    tokenizer, seq_len: int = 256, num_windows: int = 16, text: str | Path | None = None
+    tokenizer, seq_len: int = 128, num_windows: int = REPORT_WINDOWS,
+    text: str | Path | None = None
 ) -> torch.Tensor:
-    """Evaluation windows (N, seq_len): the held-out ASV split, or the text file ``text``.
+    """Evaluation windows (N, seq_len): the held-out ASV test windows, or the text file ``text``.
 
     Models that share a tokenizer get identical windows, so their numbers compare.
     """
