@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wrinklefree.block_diffusion import block_size_of
 from wrinklefree.data.heldout import heldout_windows
 from wrinklefree.eval.elbo import block_masked_elbo
 from wrinklefree.eval.parallel import block_confidence
@@ -62,11 +63,6 @@ def run_config(student: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-
-
-def trained_block_size(config: dict[str, Any]) -> int | None:
-    dlm = (config.get("objectives") or {}).get("dlm") or {}
-    return dlm.get("block_size", 32) if dlm else None
 
 
 def timed_decode(chunks: Iterable[list[int]]) -> tuple[list[int], float]:
@@ -224,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="scoring model (default: the run's model.source, else smollm2)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS))
     parser.add_argument("--block-size", type=int, default=None,
-                        help="default: the run's objectives.dlm.block_size, else 32")
+                        help="default: the block size the student trained with (its "
+                        "config.json), else 32")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -237,9 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = run_config(args.student)
-    block_size = args.block_size or trained_block_size(config) or 32
     teacher_src = args.teacher or (config.get("model") or {}).get("source") or "smollm2"
     student, tokenizer = load_for_generation(args.student)
+    block_size = args.block_size or block_size_of(student) or 32
     teacher = load_model(resolve_source(teacher_src))
     windows = heldout_windows(tokenizer, max(args.seq_len, args.prompt_len),
                               args.prompts + args.elbo_windows)

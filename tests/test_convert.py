@@ -263,8 +263,8 @@ def test_quant_lambda_outside_unit_interval_is_refused_at_load(tmp_path, value):
     config = json.loads((tmp_path / "config.json").read_text())
     config["bitnet"]["quant_lambda"] = value
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=rf"config\.json.*quant_lambda={value} is outside "
-                       r"\[0, 1\]"):
+    with pytest.raises(ValueError, match=rf"config\.json.*quant_lambda={value} is out of range: "
+                       r"it must be a number in \[0, 1\]"):
         load_bitnet(tmp_path)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="out of range"):
         BitNetConfig(quant_lambda=value)

@@ -6,7 +6,7 @@ import torch.nn as nn
 from transformers import DynamicCache, GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.assets import gpt2_tokenizer_dir
-from wrinklefree.block_diffusion import block_diffusion_forward
+from wrinklefree.block_diffusion import block_diffusion_forward, record_block_size
 from wrinklefree.cli import main
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.errors import UserInputError
@@ -413,6 +413,19 @@ def test_cli_dlm_samples_with_the_seed(tmp_path, gpt2_tokenizer, capsys):
     flags = ["--temperature", "1.5", "--top-p", "0.9", "--seed", "7"]
     assert sampled in cli(*flags)
     assert cli(*flags) == cli(*flags)
+
+
+def test_cli_dlm_defaults_to_the_recorded_block_size(tmp_path, gpt2_tokenizer, capsys):
+    model = save_tiny_dlm(tmp_path, gpt2_tokenizer)
+    record_block_size(model, 4)
+    model.save_pretrained(tmp_path)
+    ids = encode_prompt(gpt2_tokenizer, "In the beginning")
+    text = gpt2_tokenizer.decode(collect(generate_block_diffusion(
+        model, ids, mask_token_id=model.config.mask_token_id, max_new_tokens=10, block_size=4,
+        eos_token_id=eos_token_ids(model, gpt2_tokenizer))), skip_special_tokens=True)
+    main(["generate", str(tmp_path), "--mode", "dlm", "--prompt", "In the beginning",
+          "--max-new-tokens", "10"])
+    assert text in capsys.readouterr().out
 
 
 def test_cli_compile_gives_the_eager_greedy_tokens(tmp_path, gpt2_tokenizer, capsys,

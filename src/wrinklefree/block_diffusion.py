@@ -29,6 +29,19 @@ import torch
 import torch.nn as nn
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+BLOCK_SIZE_KEY = "dlm_block_size"  # on the model's config, beside mask_token_id
+
+
+def record_block_size(model: nn.Module, block_size: int) -> None:
+    """Record the block size a student trains with on its config (saved in config.json, as
+    ``mask_token_id`` is), so the decoders default to the blocks it learned."""
+    setattr(model.config, BLOCK_SIZE_KEY, int(block_size))
+
+
+def block_size_of(model: nn.Module) -> int | None:
+    """The block size recorded by :func:`record_block_size`, or None (not a trained DLM)."""
+    size = getattr(getattr(model, "config", None), BLOCK_SIZE_KEY, None)
+    return None if size is None else int(size)
 
 
 def default_positions(input_ids: torch.Tensor) -> torch.Tensor:

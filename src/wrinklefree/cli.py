@@ -123,14 +123,16 @@ def _decoder(args: argparse.Namespace, model: nn.Module, ids: torch.Tensor, eos:
     """The token-chunk generator ``wf generate`` streams: AR (eager, or with --compile a static
     KV cache and a compiled decode step), block diffusion, all with the same sampling flags, or
     self-speculation (greedy AR's text, several tokens per forward)."""
+    from wrinklefree.block_diffusion import block_size_of
     from wrinklefree.generate import generate_ar, generate_block_diffusion, mask_token_id_of
 
+    block_size = args.block_size or block_size_of(model) or 32
     sampling = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
                 "eos_token_id": eos, "stats": stats}
     if args.mode == "dlm":  # cmd_generate refused --repetition-penalty here
         return generate_block_diffusion(
             model, ids, mask_token_id=mask_token_id_of(model, tokenizer),
-            max_new_tokens=args.max_new_tokens, block_size=args.block_size,
+            max_new_tokens=args.max_new_tokens, block_size=block_size,
             threshold=args.threshold, max_steps=args.max_steps, **sampling)
     sampling["repetition_penalty"] = _repetition_penalty(args, model)
     if args.mode == "speculative":  # cmd_generate refused sampling here
@@ -138,7 +140,7 @@ def _decoder(args: argparse.Namespace, model: nn.Module, ids: torch.Tensor, eos:
 
         return generate_speculative(
             model, ids, mask_token_id=mask_token_id_of(model, tokenizer),
-            max_new_tokens=args.max_new_tokens, block_size=args.block_size,
+            max_new_tokens=args.max_new_tokens, block_size=block_size,
             eos_token_id=eos, stats=stats, repetition_penalty=sampling["repetition_penalty"])
     if args.compile:
         from wrinklefree.compiled import generate_ar_compiled
@@ -544,8 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
                    help=REPETITION_HELP)
-    p.add_argument("--block-size", type=int, default=32,
-                   help="dlm, speculative: tokens per block (the student's training block size)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="dlm, speculative: tokens per block (default: the block size the student "
+                   "trained with, recorded in its config.json; else 32)")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="dlm: unmask positions whose confidence exceeds this (>1: one per step)")
     p.add_argument("--max-steps", type=int, default=None,

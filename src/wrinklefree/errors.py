@@ -4,14 +4,22 @@
 status 2, while an unexpected exception keeps its traceback. The message names the bad input
 and says what to do instead. It subclasses ``ValueError`` so callers that already catch
 ``ValueError`` keep working.
+
+Config dataclasses declare the range of a field next to it (:func:`in_range` metadata), and
+:func:`check_ranges` turns a value outside it into such a one-line error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import errno
+import functools
+import math
 import os
-from collections.abc import Iterable
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 
 class UserInputError(ValueError):
@@ -53,3 +61,59 @@ def write_failure(err: BaseException) -> tuple[str, str] | None:
     if code not in WRITE_ERRNOS:
         return None
     return os.strerror(code).lower(), WRITE_ERRNOS[code]
+
+
+# ------------------------------------------------------------------ ranges next to config fields
+
+RANGE = "range"  # dataclass field metadata key: (test, what the value must be)
+
+
+def in_range(test: Callable[[Any], bool], requirement: str) -> dict[str, Any]:
+    """Field metadata declaring the values a config field takes, e.g. ``batch_size: int =
+    field(default=4, metadata=at_least(1))``; :func:`check_ranges` enforces it."""
+    return {RANGE: (test, requirement)}
+
+
+def at_least(low: float, note: str = "", kind: str = "an integer") -> dict[str, Any]:
+    """``in_range`` for ``value >= low``; ``note`` says what the value means."""
+    return in_range(lambda v: v >= low, f"{kind} >= {low}" + (f" {note}" if note else ""))
+
+
+def positive(note: str = "") -> dict[str, Any]:
+    """``in_range`` for a finite number > 0."""
+    return in_range(lambda v: v > 0 and math.isfinite(v),
+                    "a number > 0" + (f" {note}" if note else ""))
+
+
+def unit_interval(note: str = "") -> dict[str, Any]:
+    """``in_range`` for a number in [0, 1]."""
+    return in_range(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]" + (f" {note}" if note else ""))
+
+
+def ranged_fields(schema: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """(dotted key, field) of every field of the dataclass ``schema`` that declares a range,
+    nested dataclass fields included. A nested config with a ``validate`` method of its own
+    (``DataConfig``) checks its own ranges there, so it is not entered."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        if RANGE in f.metadata:
+            yield key, f
+        nested = hints[f.name]
+        if (isinstance(nested, type) and dataclasses.is_dataclass(nested)
+                and not hasattr(nested, "validate")):
+            yield from ranged_fields(nested, f"{key}.")
+
+
+def check_ranges(config: Any, schema: type | None = None, prefix: str = "") -> None:
+    """Raise :class:`UserInputError` naming the key, the value, the range and an example for
+    the first field of ``config`` outside the range its schema declares. ``config``: a
+    dataclass instance, or an OmegaConf node of the dataclass ``schema`` (attribute access);
+    ``prefix``: where ``config`` sits in a larger config (``"data."``)."""
+    for key, f in ranged_fields(schema or type(config)):
+        value = functools.reduce(getattr, key.split("."), config)
+        test, requirement = f.metadata[RANGE]
+        if not test(value):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            raise UserInputError(f"{prefix}{key}={value} is out of range: it must be "
+                                 f"{requirement}; e.g. {prefix}{key}={default}")

@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from wrinklefree.data.cache import TokenStore
-from wrinklefree.data.config import DataConfig, SourceConfig, as_data_config
+from wrinklefree.data.config import DataConfig, SourceConfig
 from wrinklefree.data.generated import TeacherSampler, batch_seed
 from wrinklefree.data.identity import model_identity
 from wrinklefree.data.mixture import build_train_stream
@@ -121,7 +121,7 @@ def test_first_tokens_come_from_the_range(teacher_folder, tokenizer):
 
 def test_mixes_with_real_text(teacher_folder, tokenizer, tmp_path, make_jsonl, make_docs):
     real = make_jsonl("real", make_docs("r", 40))
-    config = as_data_config({
+    config = DataConfig.from_dict({
         "seq_len": 8, "cache_dir": str(tmp_path), "shard_docs": 4,
         "sources": [{"name": "real", "path": str(real), "weight": 0.5},
                     {"name": "teacher", "kind": "teacher_samples", "weight": 0.5,

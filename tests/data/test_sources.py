@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from wrinklefree.data.config import DataConfig, SourceConfig, as_data_config
+from wrinklefree.data.config import DataConfig, SourceConfig
 from wrinklefree.data.heldout import asv_split
 from wrinklefree.data.identity import source_identity
 from wrinklefree.data.sources import iter_documents, source_files
@@ -100,12 +100,15 @@ def test_config_validation_and_conversion():
 
     node = OmegaConf.merge(OmegaConf.structured(DataConfig),
                            {"seq_len": 64, "sources": [{"name": "web", "path": "/x/*.jsonl"}]})
-    config = as_data_config(node)
+    config = DataConfig.from_dict(node)
     assert isinstance(config.sources[0], SourceConfig) and config.sources[0].path == "/x/*.jsonl"
     assert config.seq_len == 64
-    assert as_data_config({"sources": [{"name": "asv", "weight": 2.0}]}).sources[0].weight == 2.0
-    with pytest.raises(ValueError, match="unknown data config keys"):
-        as_data_config({"seqlen": 3})
+    weighted = DataConfig.from_dict({"sources": [{"name": "asv", "weight": 2.0}]})
+    assert weighted.sources[0].weight == 2.0
+    with pytest.raises(ValueError, match="seqlen"):
+        DataConfig.from_dict({"seqlen": 3})
+    with pytest.raises(ValueError, match=r"data\.seq_len=1 is out of range.*>= 2"):
+        DataConfig(seq_len=1).validate(prefix="data.")
 
 
 @pytest.mark.parametrize(("content", "message"), [

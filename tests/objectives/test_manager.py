@@ -209,3 +209,9 @@ def test_tokenizer_lets_dlm_find_and_check_the_mask_token(model, tokenizer):
     assert manager.objectives["dlm"].mask_token_id == mask_id
     with pytest.raises(ValueError, match="not a dedicated mask token"):
         create_objective_manager({"objectives": {"dlm": {"mask_token_id": 3}}}, tokenizer=tokenizer)
+
+
+def test_block_size_is_the_masking_objectives_one():
+    dlm = DLMObjective(mask_token_id=127, block_size=8, allow_vocab_mask_token=True)
+    assert ObjectiveManager([ContinuePretrainObjective(), dlm]).block_size() == 8
+    assert ObjectiveManager([ContinuePretrainObjective()]).block_size() is None

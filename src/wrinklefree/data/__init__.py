@@ -4,7 +4,7 @@ Start at :func:`build_train_stream` (the training windows) and :func:`build_val_
 """
 
 from wrinklefree.data.cache import TokenStore
-from wrinklefree.data.config import DataConfig, RemixConfig, SourceConfig, as_data_config
+from wrinklefree.data.config import DataConfig, RemixConfig, SourceConfig
 from wrinklefree.data.heldout import (
     DOMAINS,
     asv_split,
@@ -29,7 +29,7 @@ from wrinklefree.data.mixture import (
 from wrinklefree.data.packing import collate, make_window, packed_position_ids
 
 __all__ = [
-    "DataConfig", "RemixConfig", "SourceConfig", "as_data_config",
+    "DataConfig", "RemixConfig", "SourceConfig",
     "TokenStore", "tokenizer_fingerprint",
     "DOMAINS", "asv_split", "calibration_batches", "domain_windows", "heldout_windows",
     "InfluenceRemixer", "build_probe_batch", "estimate_source_influence", "influence_params",

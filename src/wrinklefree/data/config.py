@@ -10,8 +10,11 @@ not.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from wrinklefree.errors import UserInputError, at_least, check_ranges
 
 ASV_NAME = "asv"
 ASV_PATH = "asv://"
@@ -109,7 +112,8 @@ class SourceConfig:
         """Sampled from a model (``kind: teacher_samples``) rather than read from text."""
         return self.kind == "teacher_samples"
 
-    def validate(self) -> None:
+    def validate(self, key: str = "") -> None:
+        """Check the source; ``key`` is where it sits in a config (``data.sources.0.``)."""
         if self.kind not in KINDS:
             raise ValueError(f"source '{self.name}': kind={self.kind!r}, expected one of {KINDS}")
         if self.weight < 0:
@@ -127,8 +131,9 @@ class SourceConfig:
             )
         if not self.is_asv and not self.path and not self.hf_name:
             raise ValueError(
-                f"source '{self.name}' has neither path nor hf_name; set one of them "
-                f"(or name it '{ASV_NAME}' / path '{ASV_PATH}' for the embedded ASV text)"
+                f"source '{self.name}' has neither path nor hf_name; set one of them (e.g. "
+                f"{key}path=corpus/*.txt, or name it '{ASV_NAME}' / path '{ASV_PATH}' for the "
+                "embedded ASV text)"
             )
         if self.format not in FORMATS:
             raise ValueError(
@@ -155,49 +160,39 @@ class DataConfig:
     """The training data: sources + packing settings. Defaults = the embedded ASV train split."""
 
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
-    seq_len: int = 256
+    seq_len: int = field(default=256, metadata=at_least(2, "(tokens per training window)"))
     cache_dir: str = "~/.cache/wrinklefree/tokens"
     seed: int = 0
-    shard_docs: int = 256  # documents per cached token shard
+    # documents per cached token shard
+    shard_docs: int = field(default=256, metadata=at_least(1))
     remix: RemixConfig = field(default_factory=RemixConfig)
 
-    def validate(self) -> None:
+    @classmethod
+    def from_dict(cls, data: Mapping) -> DataConfig:
+        """A DataConfig from a mapping (parsed YAML, an OmegaConf node): typed by this schema,
+        an unknown key or a wrong type refused by name."""
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
+        except OmegaConfBaseException as err:
+            raise UserInputError(f"bad data config: {str(err).splitlines()[0]}") from err
+
+    def validate(self, prefix: str = "") -> None:
+        """Every check of the data section: the field ranges (named ``prefix`` + key), then the
+        sources and their weights."""
+        check_ranges(self, prefix=prefix)
         if not self.sources:
             raise ValueError("DataConfig.sources is empty; add a source (e.g. name: asv)")
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
-        for s in self.sources:
-            s.validate()
+        for i, s in enumerate(self.sources):
+            s.validate(f"{prefix}sources.{i}.")
         if sum(s.weight for s in self.sources) <= 0:
             raise ValueError(f"all source weights are zero ({names}); give one a positive weight")
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len={self.seq_len} must be at least 2")
-        if self.shard_docs < 1:
-            raise ValueError(f"shard_docs={self.shard_docs} must be at least 1")
 
     @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir).expanduser()
-
-
-def as_data_config(config) -> DataConfig:
-    """A :class:`DataConfig` from itself, an OmegaConf node or a plain dict (e.g. parsed YAML)."""
-    if isinstance(config, DataConfig):
-        return config
-    if hasattr(config, "_metadata"):  # an OmegaConf DictConfig
-        from omegaconf import OmegaConf
-
-        config = OmegaConf.to_container(config, resolve=True)
-    if not isinstance(config, dict):
-        raise TypeError(f"expected a DataConfig or a mapping, got {type(config).__name__}")
-    fields = dict(config)
-    unknown = set(fields) - set(DataConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown data config keys {sorted(unknown)}")
-    if "sources" in fields:
-        fields["sources"] = [s if isinstance(s, SourceConfig) else SourceConfig(**s)
-                             for s in fields["sources"]]
-    if "remix" in fields and not isinstance(fields["remix"], RemixConfig):
-        fields["remix"] = RemixConfig(**fields["remix"])
-    return DataConfig(**fields)

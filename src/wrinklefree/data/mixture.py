@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from wrinklefree.data.cache import TokenStore
-from wrinklefree.data.config import DataConfig, as_data_config
+from wrinklefree.data.config import DataConfig
 from wrinklefree.data.heldout import domain_documents, token_windows
 from wrinklefree.data.identity import tokenizer_fingerprint
 from wrinklefree.data.packing import collate, eos_id, make_window
@@ -179,9 +179,9 @@ def build_train_stream(config: DataConfig, tokenizer, rank: int = 0,
     Local and ASV sources are tokenised whole here (a progress bar; cached for the next run);
     HF sources are streamed and tokenised shard by shard as training reaches them. Sources with
     weight 0 are prepared too, so a later :meth:`MixtureStream.set_weights` can switch to them.
+    ``config`` is checked by its owner (:meth:`DataConfig.validate`, which ``wf train`` runs
+    with the rest of its config).
     """
-    config = as_data_config(config)
-    config.validate()
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
     fingerprint = tokenizer_fingerprint(tokenizer)
@@ -210,5 +210,6 @@ def phase_weights(spec) -> dict[str, float]:
     """Mixture weights from a curriculum phase's ``data_config``: a ``{source: weight}`` mapping,
     or a data config (DataConfig, dict or OmegaConf node) whose sources carry weights."""
     if isinstance(spec, DataConfig) or (isinstance(spec, Mapping) and "sources" in spec):
-        return {s.name: s.weight for s in as_data_config(spec).sources}
+        config = spec if isinstance(spec, DataConfig) else DataConfig.from_dict(spec)
+        return {s.name: s.weight for s in config.sources}
     return {str(k): float(v) for k, v in dict(spec).items()}

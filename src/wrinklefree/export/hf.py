@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from wrinklefree.block_diffusion import BLOCK_SIZE_KEY
 from wrinklefree.nn.surgery import CONFIG_KEY
 from wrinklefree.nn.ternary import (
     PER_CHANNEL_QUANTS,
@@ -93,8 +94,9 @@ def _hf_config(model: nn.Module, bitnet_class: bool, keep: list[str]):
     if bitnet_class:
         config = BitNetConfig(**{k: getattr(cfg, k) for k in BITNET_CONFIG_FIELDS})
         config.architectures = ["BitNetForCausalLM"]
-        if getattr(cfg, "mask_token_id", None) is not None:
-            config.mask_token_id = cfg.mask_token_id
+        for key in ("mask_token_id", BLOCK_SIZE_KEY):  # a DLM student's decoding settings
+            if getattr(cfg, key, None) is not None:
+                setattr(config, key, getattr(cfg, key))
     else:
         config = copy.deepcopy(cfg)
         delattr(config, CONFIG_KEY)

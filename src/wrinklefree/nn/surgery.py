@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch.nn as nn
 
-from wrinklefree.errors import UserInputError
+from wrinklefree.errors import check_ranges, unit_interval
 
 CONFIG_KEY = "bitnet"
 
@@ -50,7 +50,8 @@ class BitNetConfig:
     fp_layers: list[int] = field(default_factory=list)
     insert_subln: bool = True
     subln_targets: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
-    quant_lambda: float = 1.0
+    quant_lambda: float = field(default=1.0,
+                                metadata=unit_interval("(0 = full precision, 1 = ternary)"))
     quantize_activations: bool = True
     weight_quant: str = "absmean"
     hadamard: bool = False
@@ -59,11 +60,7 @@ class BitNetConfig:
     lrc_init: str = "svd_residual"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.quant_lambda) <= 1.0:
-            raise UserInputError(
-                f"quant_lambda={self.quant_lambda} is outside [0, 1] (0 = full precision, "
-                "1 = ternary); use a value in that range"
-            )
+        check_ranges(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> BitNetConfig:

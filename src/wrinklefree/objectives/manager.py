@@ -103,6 +103,16 @@ class ObjectiveManager:
                 f"{sorted(self.objectives)}"
             )
 
+    def block_size(self) -> int | None:
+        """The diffusion block size of the objectives that mask blocks (DLM, certainty forcing):
+        the one the student learns to decode with; None without such an objective."""
+        sizes = {o.block_size for o in self.objectives.values()
+                 if o.modifies_input and getattr(o, "block_size", None) is not None}
+        if len(sizes) > 1:
+            raise ValueError(f"the masking objectives train different block sizes {sorted(sizes)}; "
+                             "a student decodes with one: give them the same block_size")
+        return next(iter(sizes), None)
+
     def current_weights(self) -> dict[str, float]:
         """Weight of every objective at the current step."""
         if self.curriculum is None:

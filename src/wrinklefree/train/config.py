@@ -3,19 +3,20 @@
 Hydra composes the YAML files under ``configs/``; :func:`validate` merges the result into these
 dataclasses and checks every key, type and range *before* anything is loaded, so a mistyped key,
 a value of the wrong type or out of range is an error within seconds that names the key, the bad
-value and the fix. ``data`` is checked against :class:`wrinklefree.data.config.DataConfig`;
-``objectives`` and ``curriculum`` by :func:`wrinklefree.objectives.create_objective_manager`.
+value and the fix. Each range is declared next to its field (``metadata=at_least(1)``, checked
+by :func:`wrinklefree.errors.check_ranges`); ``data`` is a :class:`~wrinklefree.data.config.
+DataConfig`, which checks itself (``validate``); ``objectives`` and ``curriculum`` are checked by
+:func:`wrinklefree.objectives.create_objective_manager`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import pickle
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,19 +24,31 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from wrinklefree.convert import BitNetConfig
 from wrinklefree.data.config import DataConfig
 from wrinklefree.data.heldout import REPORT_WINDOWS
-from wrinklefree.errors import UserInputError, did_you_mean
+from wrinklefree.errors import (
+    UserInputError,
+    at_least,
+    check_ranges,
+    did_you_mean,
+    in_range,
+    positive,
+    unit_interval,
+)
+from wrinklefree.nn.surgery import BitNetConfig
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
 class ModelConfig:
     source: str = "smollm2"  # 'smollm2', a .gguf file, a HF folder or hub id, a BitNet checkpoint
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata=in_range(
+        lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"))
     attn_implementation: str | None = None  # None = the model's default (sdpa)
     convert: BitNetConfig = field(default_factory=BitNetConfig)  # every conversion option, typed
-    calibration_batches: int = 4  # SubLN calibration on ASV train windows (0 = unit gains)
+    # SubLN calibration on ASV train windows
+    calibration_batches: int = field(default=4, metadata=at_least(0, "(0 = SubLN gains of 1)"))
     teacher: str | None = "source"  # 'source' = full-precision copy of the source; a path; None
     dlm: bool = False  # add the <|mask|> token (needed by the DLM / TCS objectives)
     train_only_lrc: bool = False  # freeze everything but the LRC factors (LRC calibration)
@@ -43,10 +56,10 @@ class ModelConfig:
 
 @dataclass
 class LambdaConfig:
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata=at_least(0))
     shape: str = "linear"
-    start: float = 0.0
-    end: float = 1.0
+    start: float = field(default=0.0, metadata=unit_interval("(0 = full precision)"))
+    end: float = field(default=1.0, metadata=unit_interval("(1 = ternary)"))
 
 
 @dataclass
@@ -62,46 +75,56 @@ class ZClipConfig:
 class ReconstructConfig:
     """Layer-by-layer reconstruction before end-to-end training (train/reconstruct.py)."""
 
-    epochs: int = 0  # passes over the calibration batches per decoder layer; 0 = skip the stage
-    batches: int = 8  # calibration batches of training.batch_size windows, from the train data
-    lr: float = 3e-3  # AdamW per layer, cosine to lr/10 (docs/benchmarks.md: 1e-3, 1e-2 worse)
+    # passes over the calibration batches per decoder layer; 0 = skip the stage
+    epochs: int = field(default=0, metadata=at_least(0, "(0 = no reconstruction)"))
+    # calibration batches of training.batch_size windows, from the train data
+    batches: int = field(default=8, metadata=at_least(1))
+    # AdamW per layer, cosine to lr/10 (docs/benchmarks.md: 1e-3, 1e-2 worse)
+    lr: float = field(default=3e-3, metadata=positive())
 
 
 @dataclass
 class TrainingConfig:
-    max_steps: int | None = 100
-    max_tokens: int | None = None  # if set, overrides max_steps
-    batch_size: int = 4
-    grad_accum: int = 1
+    max_steps: int | None = field(default=100, metadata=in_range(
+        lambda v: v is None or v >= 0,
+        "an integer >= 0 (0 = convert only) or null with training.max_tokens set"))
+    # if set, overrides max_steps
+    max_tokens: int | None = field(default=None, metadata=in_range(
+        lambda v: v is None or v >= 1, "an integer >= 1, or null"))
+    batch_size: int = field(default=4, metadata=at_least(1))
+    grad_accum: int = field(default=1, metadata=at_least(1, "(batches per optimizer step)"))
     optimizer: str = "adamw"  # adamw | muon
-    lr: float = 5e-4
-    weight_decay: float = 0.0
+    lr: float = field(default=5e-4, metadata=positive())
+    weight_decay: float = field(default=0.0, metadata=at_least(0, kind="a number"))
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     scheduler: str = "cosine"  # cosine | wsd | constant
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    decay_ratio: float = 0.2  # wsd: fraction of training spent decaying
+    warmup_steps: int = field(default=0, metadata=at_least(0))
+    min_lr_ratio: float = field(default=0.1, metadata=unit_interval())
+    # wsd: fraction of training spent decaying
+    decay_ratio: float = field(default=0.2, metadata=unit_interval())
     quant_lambda: LambdaConfig = field(default_factory=LambdaConfig)
     zclip: ZClipConfig = field(default_factory=ZClipConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
-    val_every: int = 50
-    val_windows: int = 8
-    checkpoint_every: int = 50
-    keep_last: int = 2
+    val_every: int = field(default=50, metadata=at_least(1, "(steps between validations)"))
+    val_windows: int = field(default=8, metadata=at_least(1))
+    checkpoint_every: int = field(default=50, metadata=at_least(1, "(steps between checkpoints)"))
+    keep_last: int = field(default=2, metadata=at_least(-1, "(-1 keeps every checkpoint)"))
     seed: int = 0
     # before/after report (train/run.py): perplexity on both evaluation domains (ASV held out,
     # general English) over eval_windows test windows each (other documents than the val_windows
     # validation windows, data/heldout.py), and greedy samples
-    eval_windows: int = REPORT_WINDOWS
+    eval_windows: int = field(default=REPORT_WINDOWS,
+                              metadata=at_least(1, "(test windows per domain)"))
     # two in the ASV's style, two general English: a student that only learned the Bible's style
     # shows it on the last two
     sample_prompts: list[str] = field(default_factory=lambda: [
         "And God said,", "The history of the city", "Once upon a time,",
         "The best way to learn a language is"])
-    sample_tokens: int = 24
+    sample_tokens: int = field(default=24, metadata=at_least(0))
     # != 1: the samples are decoded with CTRL's repetition penalty and the report adds the loop
     # measure under it; plain greedy loops are always measured (eval/report.py)
-    sample_repetition_penalty: float = 1.0
+    sample_repetition_penalty: float = field(default=1.0,
+                                             metadata=positive("(1 = off, 1.2 = CTRL's)"))
     eval_before: bool = True  # report teacher / converted-student perplexity before training
 
 
@@ -109,7 +132,7 @@ class TrainingConfig:
 class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
-    num_nodes: int = 1
+    num_nodes: int = field(default=1, metadata=at_least(1))
     strategy: Any = "auto"  # auto | ddp | fsdp | a dict for FSDP options
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
     activation_checkpointing: bool = False
@@ -131,7 +154,7 @@ class TrainConfig:
     resume: str | None = None  # auto | a checkpoint path
     overwrite: bool = False  # a fresh run may replace the run already in run_dir (else: refused)
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     objectives: dict[str, Any] = field(default_factory=dict)
     curriculum: dict[str, Any] = field(default_factory=dict)  # {} = fixed objective weights
@@ -157,10 +180,21 @@ def validate(config: DictConfig | dict) -> DictConfig:
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as err:
         raise UserInputError(describe_config_error(err)) from err
-    plain = OmegaConf.to_container(merged)
-    _check_data_types(plain.get("data") or {})
-    _check_ranges(merged)
-    _check_data(plain.get("data") or {})
+    key = next(missing_keys(OmegaConf.to_container(merged)), None)
+    if key is not None:
+        raise UserInputError(f"config key '{key}' has no value (???); set it, e.g. "
+                             f"{key}=VALUE on the `wf train` command line")
+    check_ranges(merged, TrainConfig)
+    t = merged.training
+    if t.max_steps is None and t.max_tokens is None:
+        raise UserInputError("training.max_steps and training.max_tokens are both null: set one "
+                             "(e.g. training.max_steps=100)")
+    try:  # the one check of the data section; the run converts it with OmegaConf.to_object
+        OmegaConf.to_object(merged.data).validate(prefix="data.")
+    except UserInputError:
+        raise
+    except ValueError as err:
+        raise UserInputError(f"data: {err}") from err
     if merged.resume not in (None, "auto"):
         check_resume_checkpoint(Path(merged.resume).expanduser())
     return merged
@@ -191,14 +225,9 @@ def _dotted(key: str) -> str:
 
 # ------------------------------------------------------------------ keys against the schema
 
-# fields typed as an open mapping in TrainConfig whose content has a schema of its own
-SUBSCHEMAS: dict[str, type] = {"data": DataConfig}
-
-
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {f.name: SUBSCHEMAS.get(f.name, hints[f.name]) if cls is TrainConfig
-            else hints[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _structured(tp: Any) -> Any:
@@ -272,31 +301,6 @@ def check_override_key(key: str, groups: tuple[str, ...] = ()) -> None:
 
 # ------------------------------------------------------------------ values
 
-def _check_data_types(data: dict) -> None:
-    """``data`` against DataConfig: unset values (``???``) and types (``data.seq_len=abc``);
-    ``data`` is an open mapping in the Hydra schema, so nothing checked it so far."""
-    key = next(missing_keys(data, "data."), None)
-    if key is not None:
-        raise UserInputError(f"config key '{key}' has no value (???); set it, e.g. "
-                             f"{key}=VALUE on the `wf train` command line")
-    try:
-        OmegaConf.merge(OmegaConf.structured(DataConfig), data)
-    except OmegaConfBaseException as err:
-        if getattr(err, "full_key", None):
-            err.full_key = f"data.{err.full_key}"
-        raise UserInputError(describe_config_error(err)) from err
-
-
-def _check_data(data: dict) -> None:
-    """The rest of DataConfig.validate: sources, weights."""
-    from wrinklefree.data.config import as_data_config
-
-    try:
-        as_data_config(data).validate()
-    except ValueError as err:
-        raise UserInputError(f"data: {err}") from err
-
-
 def missing_keys(container: Any, prefix: str = "") -> Iterator[str]:
     """The dotted keys whose value is still OmegaConf's mandatory marker ``???``."""
     items = (container.items() if isinstance(container, dict)
@@ -306,70 +310,6 @@ def missing_keys(container: Any, prefix: str = "") -> Iterator[str]:
             yield f"{prefix}{key}"
         else:
             yield from missing_keys(value, f"{prefix}{key}.")
-
-
-def _at_least(low: float) -> Callable[[Any], bool]:
-    return lambda v: v >= low
-
-
-def _unit(v: float) -> bool:
-    return 0.0 <= v <= 1.0
-
-
-# key, test, what it must be (the fix); checked in this order, before any model is loaded
-RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("training.max_steps", lambda v: v is None or v >= 0,
-     "an integer >= 0 (0 = convert only) or null with training.max_tokens set"),
-    ("training.max_tokens", lambda v: v is None or v >= 1, "an integer >= 1, or null"),
-    ("training.batch_size", _at_least(1), "an integer >= 1"),
-    ("training.grad_accum", _at_least(1), "an integer >= 1 (batches per optimizer step)"),
-    ("training.val_every", _at_least(1), "an integer >= 1 (steps between validations)"),
-    ("training.checkpoint_every", _at_least(1), "an integer >= 1 (steps between checkpoints)"),
-    ("training.val_windows", _at_least(1), "an integer >= 1"),
-    ("training.eval_windows", _at_least(1), "an integer >= 1 (test windows per domain)"),
-    ("training.keep_last", _at_least(-1), "an integer >= -1 (-1 keeps every checkpoint)"),
-    ("training.lr", lambda v: v > 0 and math.isfinite(v), "a number > 0"),
-    ("training.weight_decay", _at_least(0), "a number >= 0"),
-    ("training.warmup_steps", _at_least(0), "an integer >= 0"),
-    ("training.min_lr_ratio", _unit, "a number in [0, 1]"),
-    ("training.decay_ratio", _unit, "a number in [0, 1]"),
-    ("training.quant_lambda.start", _unit, "a number in [0, 1] (0 = full precision)"),
-    ("training.quant_lambda.end", _unit, "a number in [0, 1] (1 = ternary)"),
-    ("training.quant_lambda.warmup_steps", _at_least(0), "an integer >= 0"),
-    ("training.sample_tokens", _at_least(0), "an integer >= 0"),
-    ("training.sample_repetition_penalty", lambda v: v > 0 and math.isfinite(v),
-     "a number > 0 (1 = off, 1.2 = CTRL's)"),
-    ("training.reconstruct.epochs", _at_least(0), "an integer >= 0 (0 = no reconstruction)"),
-    ("training.reconstruct.batches", _at_least(1), "an integer >= 1"),
-    ("training.reconstruct.lr", lambda v: v > 0 and math.isfinite(v), "a number > 0"),
-    ("model.calibration_batches", _at_least(0), "an integer >= 0 (0 = SubLN gains of 1)"),
-    ("model.convert.quant_lambda", _unit, "a number in [0, 1]"),
-    ("model.dtype", lambda v: v in ("float32", "bfloat16", "float16"),
-     "one of float32, bfloat16, float16"),
-    ("trainer.num_nodes", _at_least(1), "an integer >= 1"),
-    ("data.seq_len", _at_least(2), "an integer >= 2 (tokens per training window)"),
-    ("data.shard_docs", _at_least(1), "an integer >= 1"),
-]
-
-
-def _default_of(key: str) -> Any:
-    """The schema's default for a dotted key (``data.*`` from DataConfig)."""
-    if key.startswith("data."):
-        return OmegaConf.select(OmegaConf.structured(DataConfig), key.removeprefix("data."))
-    return OmegaConf.select(OmegaConf.structured(TrainConfig), key)
-
-
-def _check_ranges(cfg: DictConfig) -> None:
-    for key, ok, requirement in RANGES:
-        default = _default_of(key)
-        value = OmegaConf.select(cfg, key, default=default)
-        if not ok(value):
-            raise UserInputError(f"{key}={value} is out of range: it must be {requirement}; "
-                                 f"e.g. {key}={default}")
-    t = cfg.training
-    if t.max_steps is None and t.max_tokens is None:
-        raise UserInputError("training.max_steps and training.max_tokens are both null: set one "
-                             "(e.g. training.max_steps=100)")
 
 
 def check_resume_checkpoint(path: Path) -> None:

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from wrinklefree.block_diffusion import record_block_size
 from wrinklefree.convert import convert_model_to_bitnet
-from wrinklefree.data.config import as_data_config
+from wrinklefree.data.config import DataConfig
 from wrinklefree.data.heldout import calibration_batches, domain_windows
 from wrinklefree.data.influence import InfluenceRemixer, build_probe_batch
 from wrinklefree.data.mixture import build_train_stream, build_val_windows
@@ -99,7 +100,7 @@ def build_teacher(cfg: DictConfig, tokenizer) -> Teacher | None:
 
 def total_steps_of(cfg: DictConfig, world: int) -> int:
     t = cfg.training
-    tokens_per_step = t.batch_size * t.grad_accum * as_data_config(cfg.data).seq_len * world
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.data.seq_len * world
     if t.max_tokens:
         return max(1, math.ceil(t.max_tokens / tokens_per_step))
     if t.max_steps is None or t.max_steps < 0:
@@ -177,8 +178,9 @@ def train(config: DictConfig | dict) -> Path:
     import lightning as L
 
     cfg = validate(config)
+    data_cfg: DataConfig = OmegaConf.to_object(cfg.data)  # checked by validate
     run_dir = Path(cfg.run_dir).expanduser()
-    _check_data_sources(cfg)
+    _check_data_sources(data_cfg)
     _quiet_lightning()
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
     trainer = _build_trainer(cfg, run_dir)  # first: it knows this process's rank and the world
@@ -189,10 +191,10 @@ def train(config: DictConfig | dict) -> Path:
             remove_orphans(run_dir / "checkpoints")
             print(f"run folder: {run_dir}", flush=True)
         trainer.loggers = _loggers(cfg, run_dir)  # after the clearing: the log part counts on
-        return _train_locked(cfg, run_dir, trainer)
+        return _train_locked(cfg, data_cfg, run_dir, trainer)
 
 
-def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
+def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer) -> Path:
     """Build everything, then write config.yaml (a failed launch leaves the folder as it was),
     then train and finish; runs while this process holds the run folder."""
     rank, world = trainer.global_rank, trainer.world_size
@@ -209,7 +211,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
     manager = create_objective_manager(
         {"objectives": cfg.objectives, "curriculum": cfg.curriculum}, total_steps,
         tokenizer=tokenizer)
-    data_cfg = as_data_config(cfg.data)
+    if manager.block_size() is not None:  # decoders default to it (wf generate, wf bench dlm)
+        record_block_size(student, manager.block_size())
     stream = build_train_stream(data_cfg, data_tokenizer, rank=rank, world_size=world)
     val = build_val_windows(data_tokenizer, data_cfg.seq_len, cfg.training.val_windows)
     remixer = None
@@ -279,8 +282,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, trainer) -> Path:
     return run_dir
 
 
-def _reconstruct(student, teacher: Teacher | None, data_tokenizer, cfg: DictConfig, data_cfg,
-                 device: torch.device) -> list[float]:
+def _reconstruct(student, teacher: Teacher | None, data_tokenizer, cfg: DictConfig,
+                 data_cfg: DataConfig, device: torch.device) -> list[float]:
     """Layer-by-layer reconstruction from the teacher on the first training batches (every rank
     computes the same thing from the same batches, so replicas stay identical)."""
     if teacher is None:
@@ -300,11 +303,9 @@ def _reconstruct(student, teacher: Teacher | None, data_tokenizer, cfg: DictConf
     return errors
 
 
-def _check_data_sources(cfg: DictConfig) -> None:
-    """Fail on a bad data section or a missing local file now, before anything loads or is
-    written (the stream itself is built only after the model)."""
-    data_cfg = as_data_config(cfg.data)
-    data_cfg.validate()
+def _check_data_sources(data_cfg: DataConfig) -> None:
+    """Fail on a missing local file now, before anything loads or is written (the stream itself
+    is built only after the model)."""
     for source in data_cfg.sources:
         if source.path and not source.is_asv:
             source_files(source)  # raises FileNotFoundError naming the source and path
