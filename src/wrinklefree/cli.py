@@ -38,7 +38,6 @@ REPETITION_HELP = (
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from wrinklefree.convert import convert_model_to_bitnet
-    from wrinklefree.data.heldout import calibration_batches
     from wrinklefree.models import load_model, load_tokenizer
 
     model = load_model(args.src)
@@ -48,11 +47,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
         overrides["exclude"] = list(args.exclude)
     if args.fp_layers:
         overrides["fp_layers"] = list(args.fp_layers)
-    batches = None
-    if overrides["insert_subln"] and args.calibration_batches > 0:
-        batches = calibration_batches(tokenizer, num_batches=args.calibration_batches)
-    convert_model_to_bitnet(model, calibration_batches=batches,
-                            calibrate=args.calibration_batches > 0, **overrides)
+    convert_model_to_bitnet(model, tokenizer=tokenizer, calibrate=args.calibration_batches > 0,
+                            num_calibration_batches=args.calibration_batches, **overrides)
     out = Path(args.out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -85,6 +85,7 @@ def convert_model_to_bitnet(
     calibration_batches: Iterable[dict[str, torch.Tensor]] | None = None,
     tokenizer=None,
     calibrate: bool = True,
+    num_calibration_batches: int = 4,
     **overrides,
 ) -> nn.Module:
     """Replace the decoder's linears with BitLinear in place and return the model.
@@ -99,6 +100,8 @@ def convert_model_to_bitnet(
         config: the options; ``overrides`` (any :class:`BitNetConfig` field) replace its fields.
         calibration_batches: model inputs (``input_ids`` ...) to calibrate SubLN gains on.
         tokenizer: the model's tokenizer, to calibrate on the built-in text.
+        num_calibration_batches: batches of the built-in text (2 windows of up to 256 tokens
+            each) when ``calibration_batches`` is not given.
         calibrate: False keeps SubLN gains at 1: for a model trained from scratch or whose
             weights are loaded afterwards (as :func:`load_bitnet` does).
 
@@ -133,7 +136,8 @@ def convert_model_to_bitnet(
             f"{config.hadamard_targets}; pass hadamard_targets matching its projections"
         )
     if config.insert_subln and calibrate and calibration_batches is None:
-        calibration_batches = _builtin_calibration_batches(model, tokenizer)
+        calibration_batches = _builtin_calibration_batches(model, tokenizer,
+                                                           num_calibration_batches)
     # SubLN shares the decoder's RMSNorm epsilon: llama.cpp's and transformers' BitNet
     # architectures have one epsilon for every norm, so exports stay faithful.
     subln_eps = float(getattr(getattr(model, "config", None), "rms_norm_eps", 1e-6))
@@ -174,7 +178,8 @@ def convert_for_loading(model: nn.Module, options: BitNetConfig) -> nn.Module:
     return model
 
 
-def _builtin_calibration_batches(model: nn.Module, tokenizer=None) -> list[dict]:
+def _builtin_calibration_batches(model: nn.Module, tokenizer=None,
+                                 num_batches: int = 4) -> list[dict]:
     """Calibration batches of the built-in ASV training text, tokenised by ``tokenizer`` or by
     the tokenizer saved beside the model; refuses (before the model changes) if there is none."""
     from wrinklefree.data.heldout import calibration_batches
@@ -191,7 +196,7 @@ def _builtin_calibration_batches(model: nn.Module, tokenizer=None) -> list[dict]
         )
     max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     seq_len = min(256, max_positions or 256)
-    return calibration_batches(tokenizer, seq_len=seq_len)
+    return calibration_batches(tokenizer, num_batches=num_batches, seq_len=seq_len)
 
 
 def _saved_tokenizer(model: nn.Module):

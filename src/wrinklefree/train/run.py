@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from wrinklefree.block_diffusion import record_block_size
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.data.config import DataConfig
-from wrinklefree.data.heldout import calibration_batches, domain_windows
+from wrinklefree.data.heldout import domain_windows
 from wrinklefree.data.influence import InfluenceRemixer, build_probe_batch
 from wrinklefree.data.mixture import build_train_stream, build_val_windows
 from wrinklefree.data.packing import collate
@@ -56,11 +56,8 @@ def build_student(cfg: DictConfig, tokenizer) -> torch.nn.Module:
     options = OmegaConf.to_container(m.convert, resolve=True)
     recorded = bitnet_config_of(student)
     if recorded is None:
-        batches = None
-        if options.get("insert_subln", True) and m.calibration_batches > 0:
-            batches = calibration_batches(tokenizer, m.calibration_batches)
-        convert_model_to_bitnet(student, calibration_batches=batches,
-                                calibrate=m.calibration_batches > 0, **options)
+        convert_model_to_bitnet(student, tokenizer=tokenizer, calibrate=m.calibration_batches > 0,
+                                num_calibration_batches=m.calibration_batches, **options)
     elif options.get("lrc_rank") is not None and recorded.lrc_rank is None:
         # an already converted checkpoint (e.g. after stage 2) gets its low-rank corrections now
         from wrinklefree.nn.lrc import convert_bitlinear_to_lrc
