@@ -6,7 +6,9 @@
 Every recipe converts SmolLM2-135M-Instruct (embedded, offline), trains it with ``wf train`` on the
 ASV text for the same number of tokens, and is scored on two domains, the held-out ASV and general
 English news that no recipe trains on (the same windows for every recipe), as the ratio of the
-trained student's perplexity to the full-precision teacher's, plus how degenerate its greedy
+trained student's perplexity to the full-precision teacher's: on validation windows (the
+columns marked "val": choose recipes on these) and on the test windows reports print (other
+documents; ``wrinklefree.data.heldout``), plus how degenerate its greedy
 text is on held-out prompts of both domains (rep-4: repeated 4-grams, distinct-2, as the
 ``wf train`` report measures them; ``wrinklefree.eval.report``). With
 ``--seeds N`` every recipe runs at seeds 0..N-1 (``data.seed`` and ``training.seed``) and the
@@ -152,10 +154,13 @@ def run_recipe(name: str, overrides: list[str], run_dir: Path, fresh: bool,
     ce = [v for _, v in metrics.get("train/continue_pretrain/loss", [])]
     speed = [v for _, v in metrics.get("tok/s", [])]
     teacher, trained = report["teacher"]["domains"], report["trained"]["domains"]
+    checked = report["trained"].get("validation", {})
     return {
         "recipe": name, "label": LABELS[name], "overrides": overrides,
         "teacher_ppl": teacher, "converted_ppl": report["converted"]["domains"],
         "trained_ppl": trained, "ratio": {d: trained[d] / teacher[d] for d in teacher},
+        # what to choose recipes on: the validation windows (other documents than the test)
+        "val_ratio": {d: v / report["teacher"]["validation"][d] for d, v in checked.items()},
         "rep4": report["trained"]["rep4"], "distinct2": report["trained"]["distinct2"],
         "final_train_ce": statistics.fmean(ce[-5:]) if ce else None,
         "tokens_per_s": statistics.median(speed) if speed else None,
@@ -183,6 +188,7 @@ def aggregate(runs: list[dict]) -> dict:
         row[f"converted_{d}"] = mean_sd([r["converted_ppl"][d] for r in runs])
         row[f"trained_{d}"] = mean_sd([r["trained_ppl"][d] for r in runs])
         row[f"ratio_{d}"] = mean_sd([r["ratio"][d] for r in runs])
+        row[f"val_ratio_{d}"] = mean_sd([r["val_ratio"].get(d) for r in runs])
     for key in ("rep4", "distinct2", "final_train_ce", "tokens_per_s", "wall_s"):
         row[key] = mean_sd([r[key] for r in runs])
     row["ratio_to_teacher"] = row["ratio_asv"][0]  # the one-domain number of earlier studies
@@ -236,13 +242,15 @@ def _cell(value: tuple[float | None, float], fmt: str) -> str:
 
 def print_table(rows: list[dict]) -> None:
     """The markdown table docs/benchmarks.md shows."""
-    head = ["recipe", "converted asv", "trained asv", "trained english", "asv / teacher",
-            "english / teacher", "rep-4", "distinct-2", "train CE", "tok/s"]
+    head = ["recipe", "converted asv", "trained asv", "trained english", "asv / teacher (val)",
+            "english / teacher (val)", "asv / teacher", "english / teacher", "rep-4",
+            "distinct-2", "train CE", "tok/s"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
     for r in rows:
         cells = [r["label"], _cell(r["converted_asv"], ".3g"), _cell(r["trained_asv"], ".1f"),
-                 _cell(r["trained_english"], ".1f"), _cell(r["ratio_asv"], ".2f"),
+                 _cell(r["trained_english"], ".1f"), _cell(r["val_ratio_asv"], ".2f"),
+                 _cell(r["val_ratio_english"], ".2f"), _cell(r["ratio_asv"], ".2f"),
                  _cell(r["ratio_english"], ".2f"), _cell(r["rep4"], ".2f"),
                  _cell(r["distinct2"], ".2f"), _cell(r["final_train_ce"], ".3f"),
                  _cell(r["tokens_per_s"], ".1f")]

@@ -69,6 +69,9 @@ def test_study_runs_reports_and_resumes(tiny_source, text_files, tmp_path, capsy
             for domain in ("asv", "english"):
                 assert run["ratio"][domain] == pytest.approx(
                     run["trained_ppl"][domain] / run["teacher_ppl"][domain])
+            # chosen on validation windows: other text than the test windows, other numbers
+            assert set(run["val_ratio"]) == {"asv", "english"}
+            assert run["val_ratio"]["asv"] != pytest.approx(run["ratio"]["asv"], rel=1e-9)
             assert 0 <= run["rep4"] <= 1 and 0 < run["distinct2"] <= 1
             assert len(run["ce_curve"]) == 2
         mean, sd = row["ratio_english"]
@@ -84,7 +87,7 @@ def test_study_runs_reports_and_resumes(tiny_source, text_files, tmp_path, capsy
     assert summary["tokens"] == 2 * 2 * 32 and summary["seeds"] == 2
     assert (out / "quality.png").stat().st_size > 0
     table = capsys.readouterr().out
-    assert "+ LRC 10%" in table and "english / teacher" in table and "±" in table
+    assert "+ LRC 10%" in table and "english / teacher (val)" in table and "±" in table
     # a second call reuses the finished reports instead of training again
     (out / "sft" / "seed0" / "logs").rename(out / "sft" / "seed0" / "logs-moved")
     with pytest.raises(FileNotFoundError, match="metrics.csv"):
@@ -97,11 +100,13 @@ def test_aggregate_and_cells_by_hand():
              "converted_ppl": {"asv": 1e7, "english": 2e7},
              "trained_ppl": {"asv": t, "english": 5 * t},
              "ratio": {"asv": t / 10, "english": t / 10},
+             "val_ratio": {"asv": t / 20, "english": t / 20},
              "rep4": 0.0, "distinct2": 1.0, "final_train_ce": 3.0, "tokens_per_s": None,
              "wall_s": 1.0} for t in (20.0, 40.0)]
     row = QUALITY["aggregate"](runs)
     # ratios 2 and 4: mean 3, sample sd sqrt(((2-3)^2 + (4-3)^2) / 1) = sqrt(2)
     assert row["ratio_asv"] == pytest.approx((3.0, 2 ** 0.5))
+    assert row["val_ratio_english"] == pytest.approx((1.5, 2 ** 0.5 / 2))
     assert row["tokens_per_s"] == (None, 0.0)
     assert QUALITY["_cell"](row["ratio_asv"], ".2f") == "3.00 ± 1.41"
     assert QUALITY["_cell"]((3.0, 0.0), ".2f") == "3.00"
