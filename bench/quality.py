@@ -133,7 +133,7 @@ def shared_overrides(scale: str, steps: int, out: Path, name: str, seed: int = 0
 def run_recipe(name: str, overrides: list[str], run_dir: Path, fresh: bool,
                keep_models: bool) -> dict:
     """Train one recipe at one seed (or reuse its finished report) and summarise it."""
-    from wrinklefree.cli import compose_train_config
+    from wrinklefree.train.compose import compose_train_config
     from wrinklefree.train.plot import read_metrics
     from wrinklefree.train.run import train
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds}: give at least 1")
     out = Path(args.out)
-    from wrinklefree.cli import compose_train_config
+    from wrinklefree.train.compose import compose_train_config
 
     for name in args.recipes:  # a bad recipe name or override fails now, not hours in
         compose_train_config([*shared_overrides(args.scale, steps, out, name),

@@ -26,7 +26,7 @@ def test_bench_passes_its_arguments(capsys):
 
 def test_train_help_lists_every_training_and_data_preset(capsys):
     """The help names presets by hand: a preset added to configs/ must be added there too."""
-    from wrinklefree.cli import config_dir
+    from wrinklefree.train.compose import config_dir
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])

@@ -10,9 +10,10 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from wrinklefree.cli import compose_train_config, main
+from wrinklefree.cli import main
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.errors import UserInputError
+from wrinklefree.train.compose import compose_train_config
 from wrinklefree.train.config import validate
 
 

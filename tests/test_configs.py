@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from wrinklefree.cli import compose_train_config, config_dir
 from wrinklefree.errors import UserInputError
+from wrinklefree.train.compose import compose_train_config, config_dir
 from wrinklefree.train.config import validate
 
 # presets that need a value only the user can give, and a stand-in for it

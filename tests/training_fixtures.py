@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
 
 from wrinklefree import assets
-from wrinklefree.cli import compose_train_config
+from wrinklefree.train.compose import compose_train_config
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wrinklefree.allocator import keep_freed_memory
-from wrinklefree.errors import UserInputError
 
 if TYPE_CHECKING:  # torch loads only in the commands that need it
     import torch
@@ -34,6 +33,43 @@ REPETITION_HELP = (
     "stops the greedy loops of briefly trained students (docs/generate.md); llama.cpp applies "
     "it to the last 64 tokens only"
 )
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``; anything else is refused at parse time, naming
+    the argument (``--seq-len 1`` would divide by zero only after the model loaded)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small; use an integer >= {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, temperature_help: str) -> None:
+    """--temperature, --top-p, --seed, --repetition-penalty: one definition for `wf generate` and
+    `wf chat`, checked by one :class:`~wrinklefree.llamacpp.Sampling` (:func:`sampling_of`)."""
+    p.add_argument("--temperature", type=float, default=0.0, help=temperature_help)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
+                   help=REPETITION_HELP)
+
+
+def sampling_of(args: argparse.Namespace):
+    """The sampling flags as one :class:`~wrinklefree.llamacpp.Sampling`, every flag checked by
+    its name before a model loads (both backends); an unset --repetition-penalty is 1 (off),
+    what a .gguf file runs with (:func:`_repetition_penalty` gives a PyTorch model's own)."""
+    from wrinklefree.llamacpp import Sampling
+
+    penalty = 1.0 if args.repetition_penalty is None else args.repetition_penalty
+    return Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed, penalty)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -56,10 +92,43 @@ def cmd_convert(args: argparse.Namespace) -> None:
     _print_info(model)
 
 
+def convert_parser(sub) -> None:
+    """The ``wf convert`` arguments."""
+    p = sub.add_parser("convert", help="convert a model to BitNet b1.58 (BitLinear + SubLN)",
+                       description="Replace the decoder's nn.Linear layers with ternary BitLinear "
+                       "layers, optionally insert calibrated SubLN norms, and save a checkpoint "
+                       "that `wf info`, `wf train`, `wf export` and `load_bitnet` read.")
+    p.add_argument("src", help=f"source model: {EMBEDDED_HELP}")
+    p.add_argument("out", help="output folder (model + tokenizer)")
+    p.add_argument("--no-subln", action="store_true",
+                   help="do not insert SubLN before o_proj/down_proj")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN",
+                   help="regexes of module names to keep full precision (replaces the default: "
+                   "lm_head, score, classifier)")
+    p.add_argument("--fp-layers", nargs="+", type=int, metavar="I",
+                   help="decoder layers kept whole in full precision, by index (negative counts "
+                   "from the end; `--fp-layers 0 1 11 -1` as training=demo). Better quality; GGUF "
+                   "and transformers-BitNet export then refuse the model")
+    p.add_argument("--calibration-batches", type=at_least(0), default=4, metavar="N",
+                   help="batches of ASV training text used to calibrate SubLN gains "
+                   "(0 = gains of 1)")
+    p.set_defaults(func=cmd_convert)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from wrinklefree.models import load_model
 
     _print_info(load_model(args.path))
+
+
+def info_parser(sub) -> None:
+    """The ``wf info`` arguments."""
+    p = sub.add_parser("info", help="parameter counts, ternary sparsity, bits per weight",
+                       description="Print what a model folder holds: parameters, which modules are "
+                       "quantized, the fraction of zero ternary weights, effective bits per "
+                       "weight.")
+    p.add_argument("path", help=f"model: {EMBEDDED_HELP}")
+    p.set_defaults(func=cmd_info)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -72,12 +141,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         load_for_generation,
         stream_text,
     )
-    from wrinklefree.llamacpp import Sampling
     from wrinklefree.models import check_context
 
-    # every sampling flag checked, by its name, before a model loads (both backends)
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
-                        _penalty_flag(args))
+    sampling = sampling_of(args)
     if args.repetition_penalty not in (None, 1.0) and args.mode == "dlm":
         raise ValueError("--repetition-penalty applies to --mode ar and speculative (block "
                          "diffusion commits several tokens at once); drop it for --mode dlm")
@@ -145,11 +211,6 @@ def _decoder(args: argparse.Namespace, model: nn.Module, ids: torch.Tensor, eos:
     return generate_ar(model, ids, max_new_tokens=args.max_new_tokens, **sampling)
 
 
-def _penalty_flag(args: argparse.Namespace) -> float:
-    """--repetition-penalty as given, 1 (off) when not given: what a .gguf file runs with."""
-    return 1.0 if args.repetition_penalty is None else args.repetition_penalty
-
-
 def _repetition_penalty(args: argparse.Namespace, model: nn.Module) -> float:
     """--repetition-penalty, else the one the model recommends (generation_config.json), which
     is said on stderr so that a penalised greedy text is never mistaken for plain greedy."""
@@ -206,12 +267,49 @@ def _generate_llamacpp(args: argparse.Namespace, sampling) -> None:
     llm.close()
 
 
+def generate_parser(sub) -> None:
+    """The ``wf generate`` arguments."""
+    p = sub.add_parser("generate", help="generate text (autoregressive or block diffusion)",
+                       description="Stream text from a model: autoregressive decoding with a KV "
+                       "cache, Fast-dLLM v2 block diffusion for models trained with the DLM "
+                       "objective, or self-speculation (their greedy AR text, drafted by the "
+                       "diffusion view). SRC may also be a trainer run folder (its final/ model).")
+    p.add_argument("src", help=f"model: a run folder, {EMBEDDED_HELP}")
+    p.add_argument("--prompt", help="prompt text (default: read stdin)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=128, metavar="N")
+    p.add_argument("--mode", choices=["ar", "dlm", "speculative"], default="ar",
+                   help="ar: autoregressive; dlm: block diffusion (DLM-trained models only); "
+                   "speculative: greedy AR's exact text, drafted by the diffusion view and "
+                   "verified by the causal view in one forward (DLM-trained models)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--packed", action="store_true",
+                   help="converted models: ternary weights as int8 codes multiplied with int8 "
+                   "activations (oneDNN, else torch._int_mm): faster than fp32, 4x less weight "
+                   "memory")
+    p.add_argument("--compile", action="store_true",
+                   help="ar, PyTorch: static KV cache + torch.compile of the decode step; the "
+                   "compile costs minutes once per run (100-250 s on 2 CPU cores) and pays for "
+                   "long generations (SmolLM2-135M --packed: ~3x the eager tok/s)")
+    add_sampling_flags(p, "0 = greedy (default); dlm: per masked position")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="dlm, speculative: tokens per block (default: the block size the student "
+                   "trained with, recorded in its config.json; else 32)")
+    p.add_argument("--threshold", type=float, default=0.9,
+                   help="dlm: unmask positions whose confidence exceeds this (>1: one per step)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="dlm: denoising steps per block (default: block size)")
+    p.add_argument("--backend", choices=["auto", "llamacpp", "torch"], default="auto",
+                   help="auto: a .gguf file runs in llama.cpp (llama-cpp-python), the rest in "
+                   "PyTorch")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: its own)")
+    p.set_defaults(func=cmd_generate)
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from wrinklefree import llamacpp
     from wrinklefree.chat import llamacpp_reply, run_chat, torch_reply
 
-    sampling = llamacpp.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed,
-                                _penalty_flag(args))
+    sampling = sampling_of(args)
     if llamacpp.is_gguf(args.src):
         reply = llamacpp_reply(llamacpp.load(args.src, n_ctx=args.n_ctx, n_threads=args.threads,
                                              seed=args.seed), sampling)
@@ -224,12 +322,44 @@ def cmd_chat(args: argparse.Namespace) -> None:
     run_chat(reply, system=args.system)
 
 
+def chat_parser(sub) -> None:
+    """The ``wf chat`` arguments."""
+    p = sub.add_parser("chat", help="multi-turn chat with an instruct model (a turn per line)",
+                       description="Chat with an instruct model: each stdin line is a user turn, "
+                       "the reply streams to stdout; EOF or /exit ends. A .gguf file runs in "
+                       "llama.cpp with its stored chat template, other models in PyTorch with the "
+                       "tokenizer's chat template.")
+    p.add_argument("src", help=f"model: a .gguf export, a run folder, {EMBEDDED_HELP}")
+    p.add_argument("--system", help="system message for the conversation")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=256, metavar="N",
+                   help="per reply (default 256)")
+    add_sampling_flags(p, "0 = greedy (default)")
+    p.add_argument("--packed", action="store_true", help="PyTorch: 2-bit packed BitLinear weights")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    p.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context length")
+    p.set_defaults(func=cmd_chat)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from wrinklefree.llamacpp import serve
 
     print(f"serving {args.src} on http://{args.host}:{args.port}/v1 (OpenAI API; Ctrl-C stops)",
           file=sys.stderr, flush=True)
     serve(args.src, host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads)
+
+
+def serve_parser(sub) -> None:
+    """The ``wf serve`` arguments."""
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a GGUF (llama.cpp)",
+                       description="Serve a .gguf export over HTTP with llama-cpp-python's "
+                       "OpenAI-compatible server (/v1/completions, /v1/chat/completions, "
+                       "/v1/models; stream=true for server-sent events). Loopback addresses only.")
+    p.add_argument("src", help="a .gguf file written by `wf export`")
+    p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--n-ctx", type=int, default=2048, help="context length (default 2048)")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    p.set_defaults(func=cmd_serve)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -239,6 +369,28 @@ def cmd_export(args: argparse.Namespace) -> None:
                          embed_type=args.embed_type, fallback_type=args.fallback_type)
     print(f"exported {args.src} -> {args.out} ({args.format})")
     print(format_type_table(sizes))
+
+
+def export_parser(sub) -> None:
+    """The ``wf export`` arguments."""
+    p = sub.add_parser("export", help="export a converted model to GGUF (llama.cpp) or packed HF",
+                       description="Write a converted, fully ternary model as a GGUF file that "
+                       "llama.cpp runs (TQ2_0 / TQ1_0 ternary types) or as a packed safetensors "
+                       "checkpoint that transformers' AutoModelForCausalLM loads. See "
+                       "docs/export.md.")
+    p.add_argument("src", help="model folder written by `wf convert`, or a run folder (final/)")
+    p.add_argument("out", help="output: a .gguf file (--format gguf) or a folder (--format hf)")
+    p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
+    p.add_argument("--type", choices=["tq2_0", "tq1_0", "q2_0", "q4_0", "f16"], default="tq2_0",
+                   help="gguf: type of the ternary projections, all exact (rows that are not "
+                   "whole blocks of it take --fallback-type; none fits: refused)")
+    p.add_argument("--fallback-type", choices=["q4_0", "q2_0", "q8_0"], default="q4_0",
+                   help="gguf: exact type for rows that are not whole 256-blocks (q4_0: 4.5 "
+                   "bits/weight, SIMD kernels; q2_0: 2.25 bits/weight, generic C on x86)")
+    p.add_argument("--embed-type", choices=["f16", "q8_0", "q6_k", "q5_0"], default="f16",
+                   help="gguf: type of the embeddings, output head and full-precision layers "
+                   "(q6_k needs rows of 256, else q8_0; q5_0: 5.5 bits/weight, rows of 32)")
+    p.set_defaults(func=cmd_export)
 
 
 def format_type_table(sizes: dict[str, tuple[str, int]]) -> str:
@@ -314,296 +466,8 @@ def _eval_domains(args: argparse.Namespace) -> tuple[str, ...]:
     return DOMAINS if args.domain in (None, "all") else (args.domain,)
 
 
-def _print_info(model) -> None:
-    from wrinklefree.info import model_report
-
-    report = model_report(model)
-    width = max(len(k) for k in report["summary"])
-    for key, value in report["summary"].items():
-        print(f"{key:<{width}}  {value}")
-    if report["quantized_modules"]:
-        print("quantized modules:")
-        for pattern, count in report["quantized_modules"].items():
-            print(f"  {count:>4} x {pattern}")
-
-
-def config_dir() -> Path:
-    """The Hydra config folder (``configs/`` of the source checkout)."""
-    path = Path(__file__).resolve().parents[2] / "configs"
-    if not (path / "train.yaml").is_file():
-        raise FileNotFoundError(f"Hydra configs not found at {path}; install wrinklefree from a "
-                                "source checkout with `pip install -e .`")
-    return path
-
-
-def config_groups() -> tuple[str, ...]:
-    """The preset groups (``training``, ``model``, ...): the sub-folders of ``configs/``."""
-    return tuple(sorted(p.name for p in config_dir().iterdir() if p.is_dir()))
-
-
-def check_override_keys(overrides: list[str]) -> None:
-    """Refuse overrides of keys the schema lacks, naming the closest valid key, before Hydra
-    composes (Hydra would suggest ``+key``, which only adds a key the trainer then ignores)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    from wrinklefree.train.config import check_override_key
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return  # a syntax error: compose reports it
-    groups = config_groups()
-    for override in parsed:
-        key = override.key_or_group
-        if key in groups or key.split(".")[0] == "hydra":
-            continue
-        check_override_key(key, groups)
-
-
-def compose_train_config(overrides: list[str]):
-    """The training config composed by Hydra from ``configs/train.yaml`` and ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from wrinklefree.train.config import TrainConfig, describe_config_error
-
-    # the typed schema is the base of train.yaml: every key exists (overridable without '+');
-    # unknown keys are refused first, with the closest valid key ('+' cannot add to the schema)
-    check_override_keys(overrides)
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="wf"):
-            config = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise UserInputError(f"bad config override: {describe_config_error(err)}") from err
-    from omegaconf import open_dict
-
-    with open_dict(config):
-        if config.name is None:  # default run name = the training preset
-            config.name = config.hydra.runtime.choices.training
-        del config["hydra"]
-    return config
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    from wrinklefree.train.run import train
-
-    config = compose_train_config(args.overrides)
-    if args.print_config:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(config))
-        return
-    train(config)
-
-
-def bench_dir() -> Path:
-    """The benchmark scripts (``bench/`` of the source checkout)."""
-    return Path(__file__).resolve().parents[2] / "bench"
-
-
-def cmd_bench(args: argparse.Namespace) -> None:
-    import runpy
-
-    available = sorted(p.stem for p in bench_dir().glob("*.py"))
-    if args.name is None:
-        print("benchmarks: " + ", ".join(available))
-        return
-    if args.name not in available:
-        raise ValueError(f"unknown benchmark '{args.name}'; available: {', '.join(available)}")
-    sys.argv = [f"wf bench {args.name}", *args.bench_args]
-    runpy.run_path(str(bench_dir() / f"{args.name}.py"), run_name="__main__")
-
-
-def cmd_plot(args: argparse.Namespace) -> None:
-    from wrinklefree.train.plot import plot_run
-
-    print(plot_run(args.run_dir, args.out))
-
-
-def at_least(low: int):
-    """An argparse type: an integer >= ``low``; anything else is refused at parse time, naming
-    the argument (``--seq-len 1`` would divide by zero only after the model loaded)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is too small; use an integer >= {low}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wf",
-        description="wrinklefree: turn a Hugging Face causal LM into a 1.58-bit BitNet model, "
-        "train it, export it, run it.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("convert", help="convert a model to BitNet b1.58 (BitLinear + SubLN)",
-                       description="Replace the decoder's nn.Linear layers with ternary BitLinear "
-                       "layers, optionally insert calibrated SubLN norms, and save a checkpoint "
-                       "that `wf info`, `wf train`, `wf export` and `load_bitnet` read.")
-    p.add_argument("src", help=f"source model: {EMBEDDED_HELP}")
-    p.add_argument("out", help="output folder (model + tokenizer)")
-    p.add_argument("--no-subln", action="store_true",
-                   help="do not insert SubLN before o_proj/down_proj")
-    p.add_argument("--exclude", nargs="+", metavar="PATTERN",
-                   help="regexes of module names to keep full precision (replaces the default: "
-                   "lm_head, score, classifier)")
-    p.add_argument("--fp-layers", nargs="+", type=int, metavar="I",
-                   help="decoder layers kept whole in full precision, by index (negative counts "
-                   "from the end; `--fp-layers 0 1 11 -1` as training=demo). Better quality; GGUF "
-                   "and transformers-BitNet export then refuse the model")
-    p.add_argument("--calibration-batches", type=at_least(0), default=4, metavar="N",
-                   help="batches of ASV training text used to calibrate SubLN gains "
-                   "(0 = gains of 1)")
-    p.set_defaults(func=cmd_convert)
-
-    p = sub.add_parser("info", help="parameter counts, ternary sparsity, bits per weight",
-                       description="Print what a model folder holds: parameters, which modules are "
-                       "quantized, the fraction of zero ternary weights, effective bits per "
-                       "weight.")
-    p.add_argument("path", help=f"model: {EMBEDDED_HELP}")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser(
-        "train", help="train a converted model (Hydra config; `wf train --help`)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train with Hydra-composed configs from configs/. Choose presets with "
-        "GROUP=NAME and change values with KEY=VALUE.\n\n"
-        "groups: training (demo, cpu_hour, dlm_demo, stage1_subln, stage2_pretrain,\n"
-        "        stage3_distill, dlm_distill, tcs, lrc_calibration, lrc_dlm_influence), model\n"
-        "        (smollm2_local, smollm2_135m, qwen3_0.6b, ...), data (asv, asv_teacher_mix,\n"
-        "        demo, hour, teacher_samples, local_files, fineweb_edu), objectives, trainer\n"
-        "        (cpu, single_gpu, ddp, fsdp)\n\n"
-        "A run ends with a table of the teacher, the converted and the trained student:\n"
-        "perplexity on two domains (held-out ASV and general English, never trained on), the\n"
-        "ratio to the teacher per domain, and greedy samples with their rep-4 / distinct-2\n"
-        "(also in RUN_DIR/report.json; see docs/training.md).\n\n"
-        "examples:\n"
-        "  wf train                                   # the demo (~12 minutes on 2 cores)\n"
-        "  wf train training=cpu_hour                 # its recipe for about an hour\n"
-        "  wf train training=stage3_distill training.max_steps=200\n"
-        "  wf train data=asv_teacher_mix              # half ASV, half the teacher's own samples\n"
-        "  wf train run_dir=runs/a resume=auto        # continue after a crash\n"
-        "  wf train run_dir=runs/a overwrite=true     # replace the run already in runs/a\n"
-        "  wf train --print-config training=dlm_distill")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
-    p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("bench", help="run a benchmark from bench/ (prints a table and JSON)",
-                       description="Run bench/NAME.py; arguments after NAME go to the benchmark "
-                       "(e.g. `wf bench train_speed --model smollm2`, "
-                       "`wf bench inference --help`). Without NAME, list the benchmarks.")
-    p.add_argument("name", nargs="?", help="benchmark name (file stem in bench/)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("plot", help="plot a run's loss curves, weights and perplexity to a PNG")
-    p.add_argument("run_dir", help="a `wf train` run folder")
-    p.add_argument("--out", help="output PNG (default RUN_DIR/loss.png)")
-    p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser("generate", help="generate text (autoregressive or block diffusion)",
-                       description="Stream text from a model: autoregressive decoding with a KV "
-                       "cache, Fast-dLLM v2 block diffusion for models trained with the DLM "
-                       "objective, or self-speculation (their greedy AR text, drafted by the "
-                       "diffusion view). SRC may also be a trainer run folder (its final/ model).")
-    p.add_argument("src", help=f"model: a run folder, {EMBEDDED_HELP}")
-    p.add_argument("--prompt", help="prompt text (default: read stdin)")
-    p.add_argument("--max-new-tokens", type=at_least(1), default=128, metavar="N")
-    p.add_argument("--mode", choices=["ar", "dlm", "speculative"], default="ar",
-                   help="ar: autoregressive; dlm: block diffusion (DLM-trained models only); "
-                   "speculative: greedy AR's exact text, drafted by the diffusion view and "
-                   "verified by the causal view in one forward (DLM-trained models)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    p.add_argument("--packed", action="store_true",
-                   help="converted models: ternary weights as int8 codes multiplied with int8 "
-                   "activations (oneDNN, else torch._int_mm): faster than fp32, 4x less weight "
-                   "memory")
-    p.add_argument("--compile", action="store_true",
-                   help="ar, PyTorch: static KV cache + torch.compile of the decode step; the "
-                   "compile costs minutes once per run (100-250 s on 2 CPU cores) and pays for "
-                   "long generations (SmolLM2-135M --packed: ~3x the eager tok/s)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="0 = greedy (default); dlm: per masked position")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed")
-    p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
-                   help=REPETITION_HELP)
-    p.add_argument("--block-size", type=int, default=None,
-                   help="dlm, speculative: tokens per block (default: the block size the student "
-                   "trained with, recorded in its config.json; else 32)")
-    p.add_argument("--threshold", type=float, default=0.9,
-                   help="dlm: unmask positions whose confidence exceeds this (>1: one per step)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="dlm: denoising steps per block (default: block size)")
-    p.add_argument("--backend", choices=["auto", "llamacpp", "torch"], default="auto",
-                   help="auto: a .gguf file runs in llama.cpp (llama-cpp-python), the rest in "
-                   "PyTorch")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: its own)")
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("chat", help="multi-turn chat with an instruct model (a turn per line)",
-                       description="Chat with an instruct model: each stdin line is a user turn, "
-                       "the reply streams to stdout; EOF or /exit ends. A .gguf file runs in "
-                       "llama.cpp with its stored chat template, other models in PyTorch with the "
-                       "tokenizer's chat template.")
-    p.add_argument("src", help=f"model: a .gguf export, a run folder, {EMBEDDED_HELP}")
-    p.add_argument("--system", help="system message for the conversation")
-    p.add_argument("--max-new-tokens", type=at_least(1), default=256, metavar="N",
-                   help="per reply (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed")
-    p.add_argument("--repetition-penalty", type=float, default=None, metavar="THETA",
-                   help=REPETITION_HELP)
-    p.add_argument("--packed", action="store_true", help="PyTorch: 2-bit packed BitLinear weights")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
-    p.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context length")
-    p.set_defaults(func=cmd_chat)
-
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a GGUF (llama.cpp)",
-                       description="Serve a .gguf export over HTTP with llama-cpp-python's "
-                       "OpenAI-compatible server (/v1/completions, /v1/chat/completions, "
-                       "/v1/models; stream=true for server-sent events). Loopback addresses only.")
-    p.add_argument("src", help="a .gguf file written by `wf export`")
-    p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--n-ctx", type=int, default=2048, help="context length (default 2048)")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("export", help="export a converted model to GGUF (llama.cpp) or packed HF",
-                       description="Write a converted, fully ternary model as a GGUF file that "
-                       "llama.cpp runs (TQ2_0 / TQ1_0 ternary types) or as a packed safetensors "
-                       "checkpoint that transformers' AutoModelForCausalLM loads. See "
-                       "docs/export.md.")
-    p.add_argument("src", help="model folder written by `wf convert`, or a run folder (final/)")
-    p.add_argument("out", help="output: a .gguf file (--format gguf) or a folder (--format hf)")
-    p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
-    p.add_argument("--type", choices=["tq2_0", "tq1_0", "q2_0", "q4_0", "f16"], default="tq2_0",
-                   help="gguf: type of the ternary projections, all exact (rows that are not "
-                   "whole blocks of it take --fallback-type; none fits: refused)")
-    p.add_argument("--fallback-type", choices=["q4_0", "q2_0", "q8_0"], default="q4_0",
-                   help="gguf: exact type for rows that are not whole 256-blocks (q4_0: 4.5 "
-                   "bits/weight, SIMD kernels; q2_0: 2.25 bits/weight, generic C on x86)")
-    p.add_argument("--embed-type", choices=["f16", "q8_0", "q6_k", "q5_0"], default="f16",
-                   help="gguf: type of the embeddings, output head and full-precision layers "
-                   "(q6_k needs rows of 256, else q8_0; q5_0: 5.5 bits/weight, rows of 32)")
-    p.set_defaults(func=cmd_export)
-
+def eval_parser(sub) -> None:
+    """The ``wf eval`` arguments."""
     p = sub.add_parser(
         "eval", help="perplexity, diffusion ELBO, task fine-tuning (classification, summarization)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -656,6 +520,116 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=at_least(1),
                    help="summarization: summary tokens (default 64)")
     p.set_defaults(func=cmd_eval)
+
+
+def _print_info(model) -> None:
+    from wrinklefree.info import model_report
+
+    report = model_report(model)
+    width = max(len(k) for k in report["summary"])
+    for key, value in report["summary"].items():
+        print(f"{key:<{width}}  {value}")
+    if report["quantized_modules"]:
+        print("quantized modules:")
+        for pattern, count in report["quantized_modules"].items():
+            print(f"  {count:>4} x {pattern}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from wrinklefree.train.compose import compose_train_config
+    from wrinklefree.train.run import train
+
+    config = compose_train_config(args.overrides)
+    if args.print_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(config))
+        return
+    train(config)
+
+
+def train_parser(sub) -> None:
+    """The ``wf train`` arguments."""
+    p = sub.add_parser(
+        "train", help="train a converted model (Hydra config; `wf train --help`)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train with Hydra-composed configs from configs/. Choose presets with "
+        "GROUP=NAME and change values with KEY=VALUE.\n\n"
+        "groups: training (demo, cpu_hour, dlm_demo, stage1_subln, stage2_pretrain,\n"
+        "        stage3_distill, dlm_distill, tcs, lrc_calibration, lrc_dlm_influence), model\n"
+        "        (smollm2_local, smollm2_135m, qwen3_0.6b, ...), data (asv, asv_teacher_mix,\n"
+        "        demo, hour, teacher_samples, local_files, fineweb_edu), objectives, trainer\n"
+        "        (cpu, single_gpu, ddp, fsdp)\n\n"
+        "A run ends with a table of the teacher, the converted and the trained student:\n"
+        "perplexity on two domains (held-out ASV and general English, never trained on), the\n"
+        "ratio to the teacher per domain, and greedy samples with their rep-4 / distinct-2\n"
+        "(also in RUN_DIR/report.json; see docs/training.md).\n\n"
+        "examples:\n"
+        "  wf train                                   # the demo (~12 minutes on 2 cores)\n"
+        "  wf train training=cpu_hour                 # its recipe for about an hour\n"
+        "  wf train training=stage3_distill training.max_steps=200\n"
+        "  wf train data=asv_teacher_mix              # half ASV, half the teacher's own samples\n"
+        "  wf train run_dir=runs/a resume=auto        # continue after a crash\n"
+        "  wf train run_dir=runs/a overwrite=true     # replace the run already in runs/a\n"
+        "  wf train --print-config training=dlm_distill")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+    p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    p.set_defaults(func=cmd_train)
+
+
+def bench_dir() -> Path:
+    """The benchmark scripts (``bench/`` of the source checkout)."""
+    return Path(__file__).resolve().parents[2] / "bench"
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import runpy
+
+    available = sorted(p.stem for p in bench_dir().glob("*.py"))
+    if args.name is None:
+        print("benchmarks: " + ", ".join(available))
+        return
+    if args.name not in available:
+        raise ValueError(f"unknown benchmark '{args.name}'; available: {', '.join(available)}")
+    sys.argv = [f"wf bench {args.name}", *args.bench_args]
+    runpy.run_path(str(bench_dir() / f"{args.name}.py"), run_name="__main__")
+
+
+def bench_parser(sub) -> None:
+    """The ``wf bench`` arguments."""
+    p = sub.add_parser("bench", help="run a benchmark from bench/ (prints a table and JSON)",
+                       description="Run bench/NAME.py; arguments after NAME go to the benchmark "
+                       "(e.g. `wf bench train_speed --model smollm2`, "
+                       "`wf bench inference --help`). Without NAME, list the benchmarks.")
+    p.add_argument("name", nargs="?", help="benchmark name (file stem in bench/)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from wrinklefree.train.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+
+
+def plot_parser(sub) -> None:
+    """The ``wf plot`` arguments."""
+    p = sub.add_parser("plot", help="plot a run's loss curves, weights and perplexity to a PNG")
+    p.add_argument("run_dir", help="a `wf train` run folder")
+    p.add_argument("--out", help="output PNG (default RUN_DIR/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wf",
+        description="wrinklefree: turn a Hugging Face causal LM into a 1.58-bit BitNet model, "
+        "train it, export it, run it.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (convert_parser, info_parser, train_parser, bench_parser, plot_parser,
+                generate_parser, chat_parser, serve_parser, export_parser, eval_parser):
+        add(sub)  # in this order in `wf --help`
     return parser
 
 

@@ -12,7 +12,7 @@ QUALITY = runpy.run_path(str(Path(__file__).parents[2] / "bench" / "quality.py")
 
 
 def test_every_recipe_composes_into_a_valid_config(tmp_path):
-    from wrinklefree.cli import compose_train_config
+    from wrinklefree.train.compose import compose_train_config
 
     for name in QUALITY["LABELS"]:
         overrides = QUALITY["recipe_overrides"](name, 40)

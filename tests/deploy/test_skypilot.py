@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wrinklefree.cli import compose_train_config
+from wrinklefree.train.compose import compose_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
 YAMLS = sorted((ROOT / "deploy" / "skypilot").glob("*.yaml"))

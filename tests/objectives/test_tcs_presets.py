@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from wrinklefree.cli import compose_train_config, config_dir
+from wrinklefree.train.compose import compose_train_config, config_dir
 
 TCS_WEIGHT = 1.0  # λ (docs/objectives.md, "tcs"; the TCS recipe's corrected value)
 TCS_OPTIONS = {"top_k": 100, "temperature": 5.0}
