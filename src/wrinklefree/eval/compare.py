@@ -15,7 +15,12 @@ from pathlib import Path
 
 from wrinklefree.data.heldout import DOMAINS, REPORT_WINDOWS, domain_windows
 from wrinklefree.eval.elbo import masked_elbo
-from wrinklefree.eval.perplexity import eval_windows, mean_nll, require_windows
+from wrinklefree.eval.perplexity import (
+    eval_windows,
+    mean_nll,
+    require_windows,
+    windows_per_batch,
+)
 from wrinklefree.generate import load_for_generation, mask_token_id_of
 from wrinklefree.models import check_context
 
@@ -38,7 +43,7 @@ def likelihood(
     num_windows: int = REPORT_WINDOWS,
     text: str | Path | None = None,
     domain: str = "asv",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     num_samples: int = 16,
     eps: float = 1e-3,
     seed: int = 0,
@@ -64,7 +69,7 @@ def likelihood_rows(
     seq_len: int = 128,
     num_windows: int = REPORT_WINDOWS,
     text: str | Path | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     num_samples: int = 16,
     eps: float = 1e-3,
     seed: int = 0,
@@ -72,6 +77,7 @@ def likelihood_rows(
 ) -> list[dict]:
     """One :func:`likelihood` row per domain, loading the model once. Domain ``text`` means the
     file ``text``; the others are :data:`~wrinklefree.data.heldout.DOMAINS`."""
+    batch_size = batch_size or windows_per_batch(seq_len)
     model, tokenizer = load_for_generation(src)
     check_context(model, seq_len, f"--seq-len of {src}", "pass a smaller --seq-len")
     mask_id = mask_token_id_of(model)
