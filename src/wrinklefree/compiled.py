@@ -15,62 +15,48 @@ fake-quant model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
 
-from wrinklefree.generate import DecodeStats, check_one_row, decode_ar
+from wrinklefree.generate import stream_row
 
 
 class CompiledSteps:
     """The compiled decoding strategy of :func:`~wrinklefree.generate.decode_ar`: a
-    ``StaticCache`` of ``max_cache_len`` positions and the one-token step compiled once
+    ``StaticCache`` sized prompt + ``max_new_tokens`` and the one-token step compiled once
     (``backend``: ``inductor``; ``eager`` for tests)."""
 
-    def __init__(self, model: nn.Module, max_cache_len: int, backend: str = "inductor") -> None:
+    def __init__(self, model: nn.Module, max_new_tokens: int, backend: str = "inductor") -> None:
+        self.model, self.max_new_tokens, self.backend = model, max_new_tokens, backend
+        self.length, self.cache, self.compiled = 0, None, None
+
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:  # (n, P) -> (n, V)
         from transformers import StaticCache
 
-        self.model, self.length = model, 0
-        self.cache = cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+        model, self.length = self.model, prompt.shape[1]
+        self.cache = cache = StaticCache(config=model.config,
+                                         max_cache_len=self.length + self.max_new_tokens)
 
         def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
             return model(input_ids=token, past_key_values=cache, use_cache=True,
                          cache_position=position).logits[:, -1]
 
-        self.compiled = torch.compile(step, backend=backend, dynamic=False)
-
-    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:  # (n, P) -> (n, V)
-        self.length = prompt.shape[1]
-        return self.model(input_ids=prompt, past_key_values=self.cache, use_cache=True,
-                          cache_position=torch.arange(self.length),
-                          logits_to_keep=1).logits[:, -1]
+        self.compiled = torch.compile(step, backend=self.backend, dynamic=False)
+        return model(input_ids=prompt, past_key_values=cache, use_cache=True,
+                     cache_position=torch.arange(self.length), logits_to_keep=1).logits[:, -1]
 
     def step(self, token: torch.Tensor, index: int) -> torch.Tensor:  # (n,) -> (n, V)
         return self.compiled(token[:, None], torch.tensor([self.length + index]))
 
 
 @torch.no_grad()
-def generate_ar_compiled(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    eos_token_id: int | Iterable[int] | None = None,
-    stats: DecodeStats | None = None,
-    repetition_penalty: float = 1.0,
-    backend: str = "inductor",
-) -> Iterator[list[int]]:
-    """:func:`wrinklefree.generate.generate_ar` on a ``StaticCache`` sized prompt + new tokens,
-    with the one-token decode step compiled (:class:`CompiledSteps`). Same loop, same sampling,
-    same tokens up to float reassociation in the compiled graph."""
-    check_one_row(input_ids)
-    steps = CompiledSteps(model, input_ids.shape[1] + max_new_tokens, backend)
-    for token in decode_ar(steps, input_ids, max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_p=top_p, seed=seed,
-                           eos_token_id=eos_token_id, stats=stats,
-                           repetition_penalty=repetition_penalty):
-        yield [int(token)]
+def generate_ar_compiled(model: nn.Module, input_ids: torch.Tensor, *, max_new_tokens: int,
+                         backend: str = "inductor", **sampling) -> Iterator[list[int]]:
+    """:func:`wrinklefree.generate.generate_ar` (``sampling``: its other keywords: temperature,
+    top_p, seed, eos_token_id, stats, repetition_penalty) on a ``StaticCache`` with the
+    one-token decode step compiled (:class:`CompiledSteps`). Same loop, same sampling, same
+    tokens up to float reassociation in the compiled graph."""
+    steps = CompiledSteps(model, max_new_tokens, backend)
+    yield from stream_row(steps, input_ids, max_new_tokens=max_new_tokens, **sampling)

@@ -185,6 +185,14 @@ def check_one_row(input_ids: torch.Tensor) -> None:
         raise ValueError(f"input_ids must have shape (1, L), got {tuple(input_ids.shape)}")
 
 
+def stream_row(steps: KVCacheSteps, input_ids: torch.Tensor, **options) -> Iterator[list[int]]:
+    """:func:`decode_ar` (``options``: its keywords) on one prompt (1, L), each token as a
+    one-element list: the chunks :func:`stream_text` turns into text."""
+    check_one_row(input_ids)
+    for token in decode_ar(steps, input_ids, **options):
+        yield [int(token)]
+
+
 @torch.no_grad()
 def generate_ar(
     model: nn.Module,
@@ -205,12 +213,10 @@ def generate_ar(
     ``repetition_penalty`` != 1 lowers the tokens of the prompt and of the text so far
     (:func:`~wrinklefree.sampling.penalize_repeats`).
     """
-    check_one_row(input_ids)
-    for token in decode_ar(KVCacheSteps(model), input_ids, max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_p=top_p, seed=seed,
-                           eos_token_id=eos_token_id, stats=stats,
-                           repetition_penalty=repetition_penalty):
-        yield [int(token)]
+    yield from stream_row(KVCacheSteps(model), input_ids, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_p=top_p, seed=seed,
+                          eos_token_id=eos_token_id, stats=stats,
+                          repetition_penalty=repetition_penalty)
 
 
 @torch.no_grad()
