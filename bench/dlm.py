@@ -1,4 +1,4 @@
-"""Block diffusion vs autoregressive decoding of the same DLM student: speed and quality.
+"""Block diffusion and self-speculation vs autoregressive decoding of one DLM student.
 
     wf bench dlm --student runs/dlm_demo [--teacher smollm2] [--thresholds 0.9 0.7 0.5]
                  [--prompts 4] [--prompt-len 32] [--new-tokens 64] [--block-size 32]
@@ -8,6 +8,9 @@ On the same student and the same prompts (the first ``--prompt-len`` tokens of h
 windows), greedy decoding of exactly ``--new-tokens`` tokens (EOS ignored) per row:
 
 - ``AR``: one token per forward pass on a KV cache (``generate_ar``);
+- ``self-speculation``: greedy AR's text, drafted by the noisy view and verified by the clean
+  view in one forward (``generate_speculative``); the bench fails unless its tokens equal the
+  AR row's, prompt by prompt;
 - ``block diffusion τ``: Fast-dLLM v2 decoding (``generate_block_diffusion``) at each
   confidence threshold τ, blocks of the size the student was trained with.
 
@@ -51,6 +54,7 @@ from wrinklefree.generate import (
     mask_token_id_of,
 )
 from wrinklefree.models import load_model, resolve_source
+from wrinklefree.speculative import generate_speculative
 
 DEFAULT_THRESHOLDS = (0.9, 0.7, 0.5)
 
@@ -129,6 +133,10 @@ def measure(student: nn.Module, tokenizer, teacher: nn.Module, *, block_size: in
     rows = [decode_row("AR", lambda ids, stats: generate_ar(
         student, ids, max_new_tokens=new_tokens, stats=stats), student, teacher, prompts,
         new_tokens)]
+    rows.append(decode_row("self-speculation", lambda ids, stats: generate_speculative(
+        student, ids, mask_token_id=mask_id, max_new_tokens=new_tokens, block_size=block_size,
+        stats=stats), student, teacher, prompts, new_tokens))
+    check_same_tokens(rows[0], rows[1])
     for tau in thresholds:
         rows.append(decode_row(f"block diffusion τ={tau:g}", lambda ids, stats, tau=tau:
                                generate_block_diffusion(
@@ -157,6 +165,17 @@ def measure(student: nn.Module, tokenizer, teacher: nn.Module, *, block_size: in
         "elbo_windows": list(elbo_windows.shape),
         "confidence": confidence,
     }
+
+
+def check_same_tokens(ar: dict[str, Any], speculative: dict[str, Any]) -> None:
+    """Self-speculation is lossless: its text must be the AR row's, token for token."""
+    for index, (want, got) in enumerate(zip(ar["samples"], speculative["samples"], strict=True)):
+        if want != got:
+            at = next(i for i, (a, b) in enumerate(zip(want, got, strict=True)) if a != b)
+            raise RuntimeError(
+                f"self-speculation differs from greedy AR on prompt {index} at new token {at} "
+                f"({got[at]} instead of {want[at]}): the verifier's logits disagree with AR's "
+                "(a near tie under float rounding, or a bug); report it with the student")
 
 
 def table(result: dict[str, Any]) -> str:
@@ -206,7 +225,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                     textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("decode tok/s (student)")
     ax.set_ylabel("teacher perplexity of the continuation")
-    ax.set_title("block diffusion vs AR: speed / quality")
+    ax.set_title("block diffusion, self-speculation vs AR: speed / quality")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

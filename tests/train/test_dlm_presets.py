@@ -1,5 +1,7 @@
 """The diffusion presets end to end on a tiny model: dlm_demo (curriculum CE+KD -> DLM ramp +
-TCS) followed by `wf bench dlm` on the trained student, dlm_distill and lrc_dlm_influence."""
+TCS) followed by `wf bench dlm` on the trained student, dlm_self continuing it on its own
+trajectories (certainty forcing) with the self-speculation row, dlm_distill and
+lrc_dlm_influence."""
 
 from __future__ import annotations
 
@@ -78,3 +80,42 @@ def test_lrc_dlm_influence_runs_end_to_end(tiny_config, text_files):
     metrics = read_metrics(run_dir)
     assert max(v for _, v in metrics["train/weight/dlm"]) > 0
     assert any(key.startswith("remix/") for key in metrics)
+
+
+def test_dlm_self_trains_on_the_students_trajectories_and_benches(tiny_config, tiny_source,
+                                                                  text_files, tmp_path):
+    """dlm_self from a dlm_demo student: its greedy trajectories are sampled and cached, the
+    certainty term ramps in beside KD, and the bench's self-speculation row equals AR's text."""
+    start = train_run.train(tiny_config("training=dlm_demo", "training.max_steps=2",
+                                        "objectives.dlm.block_size=8", *FAST,
+                                        f"run_dir={tmp_path / 'start'}"))
+    student = start / "final"
+    trajectories = (
+        f"{{name: trajectories, kind: teacher_samples, weight: 0.5, sampling: {{model: "
+        f"'{student}', num_docs: 4, max_new_tokens: 8, temperature: 0.0, top_p: 1.0, "
+        f"first_token: text, prompts: '{text_files['words']}', prompt_tokens: 6, "
+        f"batch_size: 4}}}}")
+    run_dir = train_run.train(tiny_config(
+        "training=dlm_self", f"model.source={student}", f"model.teacher={tiny_source}",
+        "training.max_steps=3", "training.checkpoint_every=100", "training.warmup_steps=0",
+        f"data.sources=[{{name: words, path: '{text_files['words']}', weight: 0.5}}, "
+        f"{trajectories}]"))
+    metrics = read_metrics(run_dir)
+    weight = dict(metrics["train/weight/certainty"])
+    assert weight[0] == 0.0 and weight[2] == 1.0  # KD alone first, then certainty forcing
+    assert dict(metrics["train/certainty/loss"])[2] > 0
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/meta.json")]
+    sampled = [m["source"]["teacher_samples"] for m in metas if "teacher_samples" in m["source"]]
+    assert sampled and sampled[0]["settings"]["first_token"] == "text" and "prompts" in sampled[0]
+
+    result = BENCH["main"](["--student", str(run_dir), "--teacher", str(tiny_source),
+                            "--thresholds", "0.5", "--prompts", "2", "--prompt-len", "8",
+                            "--new-tokens", "12", "--elbo-windows", "1", "--elbo-samples", "1",
+                            "--seq-len", "32", "--out", str(tmp_path / "bench")])
+    rows = {r["name"]: r for r in result["rows"]}
+    assert result["block_size"] == 8  # the certainty objective's, recorded on the student
+    assert list(rows) == ["AR", "self-speculation", "block diffusion τ=0.5"]
+    speculative = rows["self-speculation"]
+    assert speculative["sample"] == rows["AR"]["sample"]  # the bench asserts every token
+    assert speculative["tokens"] == 24 and speculative["tokens_per_forward"] >= 1.0
+    assert speculative["teacher_ppl"] == pytest.approx(rows["AR"]["teacher_ppl"], rel=1e-4)
