@@ -17,8 +17,10 @@ runs both, as the training forward does:
 
 Every committed token is a greedy AR choice from causal logits over exactly its prefix, so the
 text equals :func:`~wrinklefree.generate.generate_ar`'s (with the same repetition penalty), up
-to float rounding between a one-token and a many-token forward (tested on tiny models, asserted
-by ``wf bench dlm`` on the real student). The drafts only decide how many tokens a forward
+to float rounding between a one-token and a many-token forward: tested on tiny models, and
+checked by ``wf bench dlm`` on the real student in float64, because a ternary student's int8
+activation quantizer turns float32's shape-dependent rounding into different logits within a
+few tokens (docs/generate.md). The drafts only decide how many tokens a forward
 commits: 1 when none is accepted, so it never costs more forwards than AR. A block's opening
 token is only known once the block before it is verified, so a block takes at least two
 forwards: at most ``block_size / 2`` new tokens per forward.
