@@ -155,6 +155,7 @@ def run_recipe(name: str, overrides: list[str], run_dir: Path, fresh: bool,
     speed = [v for _, v in metrics.get("tok/s", [])]
     teacher, trained = report["teacher"]["domains"], report["trained"]["domains"]
     checked = report["trained"].get("validation", {})
+    storage = report.get("storage") or {}  # wrinklefree.export.size.storage_report
     return {
         "recipe": name, "label": LABELS[name], "overrides": overrides,
         "teacher_ppl": teacher, "converted_ppl": report["converted"]["domains"],
@@ -166,7 +167,18 @@ def run_recipe(name: str, overrides: list[str], run_dir: Path, fresh: bool,
         "tokens_per_s": statistics.median(speed) if speed else None,
         "wall_s": report.get("wall_s"), "samples": report["trained"]["samples"],
         "ce_curve": metrics.get("train/continue_pretrain/loss", []),
+        "bits_stored": storage.get("bits_per_linear_weight", {}).get("stored"),
+        "bits_exported": storage.get("bits_per_linear_weight", {}).get("exported"),
+        "gguf_mb": _gguf_mb(storage),
     }
+
+
+def _gguf_mb(storage: dict) -> float | None:
+    """MB (1e6 bytes) of the default GGUF export: model file + LoRA adapter."""
+    gguf = storage.get("gguf", {})
+    if "model_file_bytes" not in gguf:
+        return None
+    return (gguf["model_file_bytes"] + gguf["adapter_file_bytes"]) / 1e6
 
 
 def mean_sd(values: list[float | None]) -> tuple[float | None, float]:
@@ -189,7 +201,8 @@ def aggregate(runs: list[dict]) -> dict:
         row[f"trained_{d}"] = mean_sd([r["trained_ppl"][d] for r in runs])
         row[f"ratio_{d}"] = mean_sd([r["ratio"][d] for r in runs])
         row[f"val_ratio_{d}"] = mean_sd([r["val_ratio"].get(d) for r in runs])
-    for key in ("rep4", "distinct2", "final_train_ce", "tokens_per_s", "wall_s"):
+    for key in ("rep4", "distinct2", "final_train_ce", "tokens_per_s", "wall_s", "bits_stored",
+                "bits_exported", "gguf_mb"):
         row[key] = mean_sd([r[key] for r in runs])
     row["ratio_to_teacher"] = row["ratio_asv"][0]  # the one-domain number of earlier studies
     return row
@@ -244,7 +257,7 @@ def print_table(rows: list[dict]) -> None:
     """The markdown table docs/benchmarks.md shows."""
     head = ["recipe", "converted asv", "trained asv", "trained english", "asv / teacher (val)",
             "english / teacher (val)", "asv / teacher", "english / teacher", "rep-4",
-            "distinct-2", "train CE", "tok/s"]
+            "distinct-2", "train CE", "tok/s", "bits stored", "bits GGUF", "GGUF MB"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
     for r in rows:
@@ -253,7 +266,8 @@ def print_table(rows: list[dict]) -> None:
                  _cell(r["val_ratio_english"], ".2f"), _cell(r["ratio_asv"], ".2f"),
                  _cell(r["ratio_english"], ".2f"), _cell(r["rep4"], ".2f"),
                  _cell(r["distinct2"], ".2f"), _cell(r["final_train_ce"], ".3f"),
-                 _cell(r["tokens_per_s"], ".1f")]
+                 _cell(r["tokens_per_s"], ".1f"), _cell(r["bits_stored"], ".2f"),
+                 _cell(r["bits_exported"], ".2f"), _cell(r["gguf_mb"], ".1f")]
         print("| " + " | ".join(cells) + " |")
 
 

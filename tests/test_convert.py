@@ -268,3 +268,47 @@ def test_quant_lambda_outside_unit_interval_is_refused_at_load(tmp_path, value):
         load_bitnet(tmp_path)
     with pytest.raises(ValueError, match="out of range"):
         BitNetConfig(quant_lambda=value)
+
+
+def test_fp_layers_subln_gives_full_precision_layers_a_calibrated_subln(tmp_path):
+    from wrinklefree.nn import SubLNLinear
+
+    model = tiny_model("llama", num_hidden_layers=3)
+    source = copy.deepcopy(model)
+    batches = [{"input_ids": torch.randint(1, 128, (2, 16))}]
+    convert_model_to_bitnet(model, fp_layers=[0], fp_layers_subln=True,
+                            calibration_batches=batches)
+    layer = model.model.layers[0]
+    for path in ("self_attn.o_proj", "mlp.down_proj"):
+        fp = layer.get_submodule(path)
+        assert type(fp) is SubLNLinear and not isinstance(fp, BitLinear)
+        assert torch.equal(fp.weight, source.model.layers[0].get_submodule(path).weight)
+        assert not torch.allclose(fp.sub_norm.weight, torch.ones_like(fp.sub_norm.weight))
+    assert type(layer.self_attn.q_proj) is torch.nn.Linear  # only the SubLN targets change
+    model.save_pretrained(tmp_path)
+    loaded = load_bitnet(tmp_path)
+    assert loaded.config.bitnet["fp_layers_subln"] is True
+    assert type(loaded.model.layers[0].mlp.down_proj) is SubLNLinear
+    x = torch.randint(1, 128, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_subln_linear_by_hand():
+    from wrinklefree.nn import SubLNLinear
+
+    linear = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    layer = SubLNLinear.from_linear(linear, subln_eps=0.0)
+    with torch.no_grad():
+        layer.sub_norm.weight.copy_(torch.tensor([2.0, 1.0]))
+        y = layer(torch.tensor([[3.0, 4.0]]))
+    # rms(3, 4) = r = sqrt(12.5); gained (2 * 3, 1 * 4) / r; y = 1 * 6 / r + 2 * 4 / r = 14 / r
+    assert y.item() == pytest.approx(14 / 12.5 ** 0.5, rel=1e-6)
+
+
+def test_fp_layers_subln_needs_insert_subln():
+    with pytest.raises(UserInputError, match="fp_layers_subln=true needs insert_subln=true"):
+        convert_model_to_bitnet(tiny_model("llama"), fp_layers=[0], fp_layers_subln=True,
+                                insert_subln=False, calibrate=False)

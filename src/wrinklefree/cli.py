@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wrinklefree.allocator import keep_freed_memory
+from wrinklefree.errors import UserInputError
 
 if TYPE_CHECKING:  # torch loads only in the commands that need it
     import torch
@@ -83,13 +84,15 @@ def cmd_convert(args: argparse.Namespace) -> None:
         overrides["exclude"] = list(args.exclude)
     if args.fp_layers:
         overrides["fp_layers"] = list(args.fp_layers)
+    if args.fp_layers_subln:
+        overrides["fp_layers_subln"] = True
     convert_model_to_bitnet(model, tokenizer=tokenizer, calibrate=args.calibration_batches > 0,
                             num_calibration_batches=args.calibration_batches, **overrides)
     out = Path(args.out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     print(f"converted {args.src} -> {out}")
-    _print_info(model)
+    _print_info(model, tokenizer_dir=out)
 
 
 def convert_parser(sub) -> None:
@@ -107,8 +110,11 @@ def convert_parser(sub) -> None:
                    "lm_head, score, classifier)")
     p.add_argument("--fp-layers", nargs="+", type=int, metavar="I",
                    help="decoder layers kept whole in full precision, by index (negative counts "
-                   "from the end; `--fp-layers 0 1 11 -1` as training=demo). Better quality; GGUF "
-                   "and transformers-BitNet export then refuse the model")
+                   "from the end; `--fp-layers 0 1 11 -1` as training=demo). Better quality; "
+                   "exports need --fp-layers-subln")
+    p.add_argument("--fp-layers-subln", action="store_true",
+                   help="give the --fp-layers a calibrated SubLN before o_proj/down_proj too, as "
+                   "llama.cpp's bitnet graph and transformers' BitNet need to run them")
     p.add_argument("--calibration-batches", type=at_least(0), default=4, metavar="N",
                    help="batches of ASV training text used to calibrate SubLN gains "
                    "(0 = gains of 1)")
@@ -116,18 +122,24 @@ def convert_parser(sub) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    from wrinklefree.export import resolve_model_dir
     from wrinklefree.models import load_model
 
-    _print_info(load_model(args.path))
+    model = load_model(args.path)
+    folder = resolve_model_dir(args.path) if Path(args.path).is_dir() else None
+    _print_info(model, _gguf_options(args), tokenizer_dir=folder)
 
 
 def info_parser(sub) -> None:
     """The ``wf info`` arguments."""
     p = sub.add_parser("info", help="parameter counts, ternary sparsity, bits per weight",
                        description="Print what a model folder holds: parameters, which modules are "
-                       "quantized, the fraction of zero ternary weights, effective bits per "
-                       "weight.")
+                       "quantized, the fraction of zero ternary weights, and what it stores: bits "
+                       "per decoder-linear weight as stored (ternary at log2 3, full precision at "
+                       "16) and as `wf export` writes it with the GGUF flags given, and the file "
+                       "sizes by part.")
     p.add_argument("path", help=f"model: {EMBEDDED_HELP}")
+    add_gguf_flags(p)
     p.set_defaults(func=cmd_info)
 
 
@@ -156,6 +168,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if _runs_in_llamacpp(args):
         _generate_llamacpp(args, sampling)
         return
+    _no_lora(args)
     # oneDNN's pre-packed weights are opaque to torch.compile: compile packs for torch._int_mm
     model, tokenizer = load_for_generation(args.src, packed=args.packed,
                                            onednn=not args.compile)
@@ -249,7 +262,8 @@ def _generate_llamacpp(args: argparse.Namespace, sampling) -> None:
     if not llamacpp.available():
         raise ValueError(f"{args.src}: {llamacpp.INSTALL_HINT}; or pass --backend torch to "
                          "dequantize a llama-architecture GGUF into PyTorch (slow)")
-    llm = llamacpp.load(args.src, n_threads=args.threads, seed=args.seed)
+    llm = llamacpp.load(args.src, n_threads=args.threads, seed=args.seed,
+                        lora=_adapter(args))
     prompt = sys.stdin.read() if args.prompt is None else args.prompt
     if args.chat:
         pieces = llamacpp.chat_reply(llm, [{"role": "user", "content": prompt}], sampling)
@@ -302,6 +316,9 @@ def generate_parser(sub) -> None:
                    help="auto: a .gguf file runs in llama.cpp (llama-cpp-python), the rest in "
                    "PyTorch")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: its own)")
+    p.add_argument("--lora", metavar="PATH",
+                   help="a .gguf: the LoRA adapter to apply (default: the LRC adapter `wf export` "
+                   "wrote beside it, X.lora.gguf, if there is one; 'none': the base alone)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -312,10 +329,11 @@ def cmd_chat(args: argparse.Namespace) -> None:
     sampling = sampling_of(args)
     if llamacpp.is_gguf(args.src):
         reply = llamacpp_reply(llamacpp.load(args.src, n_ctx=args.n_ctx, n_threads=args.threads,
-                                             seed=args.seed), sampling)
+                                             seed=args.seed, lora=_adapter(args)), sampling)
     else:
         from wrinklefree.generate import load_for_generation
 
+        _no_lora(args)
         model, tokenizer = load_for_generation(args.src, packed=args.packed)
         sampling = replace(sampling, repetition_penalty=_repetition_penalty(args, model))
         reply = torch_reply(model, tokenizer, sampling)
@@ -337,15 +355,38 @@ def chat_parser(sub) -> None:
     p.add_argument("--packed", action="store_true", help="PyTorch: 2-bit packed BitLinear weights")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     p.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context length")
+    p.add_argument("--lora", metavar="PATH",
+                   help="a .gguf: the LoRA adapter to apply (default: the LRC adapter `wf export` "
+                   "wrote beside it, X.lora.gguf, if there is one; 'none': the base alone)")
     p.set_defaults(func=cmd_chat)
+
+
+def _adapter(args: argparse.Namespace) -> Path | None:
+    """The LoRA adapter to run with the .gguf in ``args.src`` (``--lora``, else the one beside
+    it), said on stderr in one line when there is one."""
+    from wrinklefree.llamacpp import adapter_note, find_adapter
+
+    adapter = find_adapter(args.src, args.lora)
+    if adapter is not None:
+        print(adapter_note(adapter), file=sys.stderr, flush=True)
+    return adapter
+
+
+def _no_lora(args: argparse.Namespace) -> None:
+    """Refuse --lora where PyTorch runs the model (its LRC is part of the checkpoint)."""
+    if args.lora is not None:
+        raise UserInputError(f"--lora applies to .gguf files run by llama.cpp; {args.src} runs "
+                             "in PyTorch with its correction inside the checkpoint: drop --lora")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from wrinklefree.llamacpp import serve
 
+    lora = _adapter(args)
     print(f"serving {args.src} on http://{args.host}:{args.port}/v1 (OpenAI API; Ctrl-C stops)",
           file=sys.stderr, flush=True)
-    serve(args.src, host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads)
+    serve(args.src, host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads,
+          lora=lora)
 
 
 def serve_parser(sub) -> None:
@@ -359,37 +400,80 @@ def serve_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--n-ctx", type=int, default=2048, help="context length (default 2048)")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    p.add_argument("--lora", metavar="PATH",
+                   help="a .gguf: the LoRA adapter to apply (default: the LRC adapter `wf export` "
+                   "wrote beside it, X.lora.gguf, if there is one; 'none': the base alone)")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from wrinklefree.export import export_model
+    from wrinklefree.export.size import format_storage
+    from wrinklefree.llamacpp import adapter_path
 
-    sizes = export_model(args.src, args.out, args.format, weight_type=args.type,
-                         embed_type=args.embed_type, fallback_type=args.fallback_type)
+    result = export_model(args.src, args.out, args.format, _gguf_options(args))
     print(f"exported {args.src} -> {args.out} ({args.format})")
-    print(format_type_table(sizes))
+    if args.format == "gguf" and adapter_path(args.out).is_file():
+        print(f"LRC correction -> {adapter_path(args.out)} (llama.cpp LoRA adapter; wf generate, "
+              "chat and serve load it from beside the model)")
+    print(format_type_table(result["tensors"]))
+    if result["storage"] is not None:
+        print(format_storage(result["storage"]))
+
+
+def _gguf_options(args: argparse.Namespace):
+    """The GGUF storage types named by the flags of :func:`add_gguf_flags`."""
+    from wrinklefree.export.gguf import GGUFOptions
+
+    return GGUFOptions(weight_type=args.type, fallback_type=args.fallback_type,
+                       embed_type=args.embed_type, fp_type=args.fp_type,
+                       lora_type=args.lora_type)
+
+
+def add_gguf_flags(p: argparse.ArgumentParser) -> None:
+    """The GGUF storage types (wrinklefree.export.gguf.GGUFOptions): one definition for
+    `wf export` and `wf info`."""
+    from wrinklefree.export.gguf import (
+        EMBED_TYPES,
+        FALLBACK_TYPES,
+        FP_TYPES,
+        LORA_TYPES,
+        WEIGHT_TYPES,
+        GGUFOptions,
+    )
+
+    default = GGUFOptions()
+    g = p.add_argument_group("GGUF storage types (docs/export.md)")
+    g.add_argument("--type", choices=WEIGHT_TYPES, default=default.weight_type,
+                   help="ternary projections, all exact (rows that are not whole blocks of it "
+                   "take --fallback-type; none fits: refused)")
+    g.add_argument("--fallback-type", choices=FALLBACK_TYPES, default=default.fallback_type,
+                   help="exact type for rows that are not whole 256-blocks (q4_0: 4.5 "
+                   "bits/weight, SIMD kernels; q2_0: 2.25 bits/weight, generic C on x86)")
+    g.add_argument("--embed-type", choices=EMBED_TYPES, default=default.embed_type,
+                   help="token embedding (the tied output head) and an untied head (q6_k needs "
+                   "rows of 256, else q8_0; the others rows of 32, else f16)")
+    g.add_argument("--fp-type", choices=FP_TYPES, default=default.fp_type,
+                   help="decoder layers kept in full precision (fp_layers), quantized as "
+                   "llama.cpp's quantizer does")
+    g.add_argument("--lora-type", choices=LORA_TYPES, default=default.lora_type,
+                   help="the LRC correction's LoRA adapter (q8_0 / q4_0 pad each rank to a "
+                   "multiple of 32)")
 
 
 def export_parser(sub) -> None:
     """The ``wf export`` arguments."""
     p = sub.add_parser("export", help="export a converted model to GGUF (llama.cpp) or packed HF",
-                       description="Write a converted, fully ternary model as a GGUF file that "
-                       "llama.cpp runs (TQ2_0 / TQ1_0 ternary types) or as a packed safetensors "
-                       "checkpoint that transformers' AutoModelForCausalLM loads. See "
+                       description="Write a converted model as a GGUF file that llama.cpp runs "
+                       "(exact ternary types; full-precision layers at --fp-type; a low-rank "
+                       "correction as a LoRA adapter OUT.lora.gguf beside it) or as a packed "
+                       "safetensors checkpoint that transformers' AutoModelForCausalLM loads. "
+                       "Prints the bytes per type and the bits per decoder-linear weight. See "
                        "docs/export.md.")
     p.add_argument("src", help="model folder written by `wf convert`, or a run folder (final/)")
     p.add_argument("out", help="output: a .gguf file (--format gguf) or a folder (--format hf)")
     p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
-    p.add_argument("--type", choices=["tq2_0", "tq1_0", "q2_0", "q4_0", "f16"], default="tq2_0",
-                   help="gguf: type of the ternary projections, all exact (rows that are not "
-                   "whole blocks of it take --fallback-type; none fits: refused)")
-    p.add_argument("--fallback-type", choices=["q4_0", "q2_0", "q8_0"], default="q4_0",
-                   help="gguf: exact type for rows that are not whole 256-blocks (q4_0: 4.5 "
-                   "bits/weight, SIMD kernels; q2_0: 2.25 bits/weight, generic C on x86)")
-    p.add_argument("--embed-type", choices=["f16", "q8_0", "q6_k", "q5_0"], default="f16",
-                   help="gguf: type of the embeddings, output head and full-precision layers "
-                   "(q6_k needs rows of 256, else q8_0; q5_0: 5.5 bits/weight, rows of 32)")
+    add_gguf_flags(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -524,10 +608,11 @@ def eval_parser(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _print_info(model) -> None:
+def _print_info(model, options=None, tokenizer_dir: Path | None = None) -> None:
+    from wrinklefree.export.size import format_storage
     from wrinklefree.info import model_report
 
-    report = model_report(model)
+    report = model_report(model, options, tokenizer_dir=tokenizer_dir)
     width = max(len(k) for k in report["summary"])
     for key, value in report["summary"].items():
         print(f"{key:<{width}}  {value}")
@@ -535,6 +620,8 @@ def _print_info(model) -> None:
         print("quantized modules:")
         for pattern, count in report["quantized_modules"].items():
             print(f"  {count:>4} x {pattern}")
+    if report["storage"] is not None:
+        print(format_storage(report["storage"]))
 
 
 def cmd_train(args: argparse.Namespace) -> None:

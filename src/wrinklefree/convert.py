@@ -20,7 +20,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from wrinklefree.errors import UserInputError
-from wrinklefree.nn import BitLinear, convert_bitlinear_to_lrc
+from wrinklefree.nn import BitLinear, SubLNLinear, convert_bitlinear_to_lrc
 from wrinklefree.nn.surgery import (
     CONFIG_KEY,
     BitNetConfig,
@@ -72,6 +72,15 @@ def _quantizable_linears(model: nn.Module, exclude: Iterable[str],
         and not isinstance(module, BitLinear)
         and not any(p.search(name) for p in patterns)
     ]
+
+
+def _fp_layer_linears(model: nn.Module, fp_layers: Iterable[int],
+                      leaves: Iterable[str]) -> list[tuple[str, nn.Linear]]:
+    """The plain linears of the ``fp_layers`` whose leaf name is one of ``leaves``."""
+    patterns = [re.compile(p) for p in _fp_layer_patterns(model, fp_layers)]
+    return [(name, m) for name, m in model.named_modules()
+            if type(m) is nn.Linear and name.rpartition(".")[2] in set(leaves)
+            and any(p.search(name) for p in patterns)]
 
 
 class UnsupportedModelError(UserInputError, TypeError):
@@ -159,6 +168,10 @@ def convert_model_to_bitnet(
 
     target_names = {name for name, _ in targets}
     replace_modules(model, lambda name, _: name in target_names, to_bitlinear)
+    if config.fp_layers_subln:
+        fp_names = {n for n, _ in _fp_layer_linears(model, config.fp_layers, config.subln_targets)}
+        replace_modules(model, lambda name, _: name in fp_names,
+                        lambda _, linear: SubLNLinear.from_linear(linear, subln_eps))
     if config.insert_subln and calibration_batches is not None:
         calibrate_subln(model, calibration_batches)
     if config.lrc_rank is not None:
@@ -223,15 +236,16 @@ def calibrate_subln(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
     perplexity 31.6 -> ~5e6); the calibrated gain restores the average scale per channel. The norm
     sees the unnormalised input, so statistics are collected with the norms bypassed.
     """
-    layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.sub_norm is not None]
+    layers = [m for m in model.modules()
+              if isinstance(m, BitLinear | SubLNLinear) and m.sub_norm is not None]
     sums = {id(m): [0.0, 0.0] for m in layers}
-    saved = {id(m): (m.sub_norm, m.quant_lambda) for m in layers}
+    saved = {id(m): m.sub_norm for m in layers}
     all_bitlinear = [m for m in model.modules() if isinstance(m, BitLinear)]
     lambdas = {id(m): m.quant_lambda for m in all_bitlinear}
 
     def hook(module: BitLinear, args: tuple) -> None:
         x = args[0].float().reshape(-1, module.in_features)  # (T, in)
-        norm = saved[id(module)][0]
+        norm = saved[id(module)]
         u = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)  # (T, in)
         acc = sums[id(module)]
         acc[0] = acc[0] + (x * u).sum(0)
@@ -252,7 +266,7 @@ def calibrate_subln(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
         for h in handles:
             h.remove()
         for m in layers:
-            m.sub_norm = saved[id(m)][0]
+            m.sub_norm = saved[id(m)]
         for m in all_bitlinear:
             m.quant_lambda = lambdas[id(m)]
     for m in layers:

@@ -66,6 +66,33 @@ def is_gguf(src: str | Path) -> bool:
     return str(src).endswith(".gguf") and Path(src).is_file()
 
 
+def adapter_path(model_path: str | Path) -> Path:
+    """Where ``wf export`` writes a model's LoRA adapter (its LRC correction): ``x.gguf`` ->
+    ``x.lora.gguf`` beside it."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.lora.gguf")
+
+
+def find_adapter(model_path: str | Path, lora: str | None = None) -> Path | None:
+    """The LoRA adapter to load with ``model_path``: ``lora`` (a path, or ``none`` for the base
+    alone), else the one beside the model (:func:`adapter_path`) if it exists."""
+    if lora is not None:
+        if lora == "none":
+            return None
+        if not Path(lora).is_file():
+            raise FileNotFoundError(f"--lora {lora}: no such adapter file; pass the .lora.gguf "
+                                    "that `wf export` wrote, or --lora none")
+        return Path(lora)
+    beside = adapter_path(model_path)
+    return beside if beside.is_file() else None
+
+
+def adapter_note(adapter: Path) -> str:
+    """The one line `wf generate / chat / serve` print when an adapter is loaded."""
+    return (f"[LoRA adapter {adapter} applied (the model's low-rank correction); --lora none "
+            "runs the base alone]")
+
+
 def available() -> bool:
     """Whether llama-cpp-python is importable."""
     import importlib.util
@@ -74,8 +101,9 @@ def available() -> bool:
 
 
 def load(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
-         seed: int | None = None):
-    """A ``llama_cpp.Llama`` for the GGUF at ``path`` (quiet; raises with the install hint)."""
+         seed: int | None = None, lora: Path | None = None):
+    """A ``llama_cpp.Llama`` for the GGUF at ``path`` with the LoRA adapter ``lora`` applied at
+    scale 1 (quiet; raises with the install hint)."""
     if not available():
         raise UserInputError(INSTALL_HINT)
     if not Path(path).is_file():
@@ -87,6 +115,8 @@ def load(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
         kwargs |= {"n_threads": n_threads, "n_threads_batch": n_threads}
     if seed is not None:
         kwargs["seed"] = seed
+    if lora is not None:
+        kwargs |= {"lora_path": str(lora), "lora_scale": 1.0}
     return Llama(**kwargs)
 
 
@@ -136,9 +166,10 @@ def check_loopback(host: str) -> str:
 
 
 def server_app(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
-               alias: str | None = None):
-    """The OpenAI-compatible FastAPI app of llama-cpp-python's server for one GGUF
-    (``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``, streaming via SSE)."""
+               alias: str | None = None, lora: Path | None = None):
+    """The OpenAI-compatible FastAPI app of llama-cpp-python's server for one GGUF (and its LoRA
+    adapter ``lora``): ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``, streaming
+    via SSE."""
     if not available():
         raise UserInputError(INSTALL_HINT)
     if not Path(path).is_file():
@@ -153,6 +184,8 @@ def server_app(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = N
                              "n_ctx": n_ctx, "verbose": False}
     if n_threads is not None:
         model |= {"n_threads": n_threads, "n_threads_batch": n_threads}
+    if lora is not None:
+        model["lora_path"] = str(lora)
     return create_app(server_settings=ServerSettings(), model_settings=[ModelSettings(**model)])
 
 
@@ -180,12 +213,12 @@ def _validation_errors_as_422() -> None:
 
 
 def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, n_ctx: int = 2048,
-          n_threads: int | None = None) -> None:
+          n_threads: int | None = None, lora: Path | None = None) -> None:
     """Serve one GGUF over HTTP on ``host:port`` (loopback only) until interrupted."""
     check_loopback(host)
     if not 0 < port < 65536:
         raise UserInputError(f"--port must be in 1..65535, got {port}")
-    app = server_app(path, n_ctx=n_ctx, n_threads=n_threads)
+    app = server_app(path, n_ctx=n_ctx, n_threads=n_threads, lora=lora)
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning")

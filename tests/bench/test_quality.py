@@ -102,12 +102,14 @@ def test_aggregate_and_cells_by_hand():
              "ratio": {"asv": t / 10, "english": t / 10},
              "val_ratio": {"asv": t / 20, "english": t / 20},
              "rep4": 0.0, "distinct2": 1.0, "final_train_ce": 3.0, "tokens_per_s": None,
-             "wall_s": 1.0} for t in (20.0, 40.0)]
+             "wall_s": 1.0, "bits_stored": 5.61, "bits_exported": 4.64, "gguf_mb": 93.8}
+            for t in (20.0, 40.0)]
     row = QUALITY["aggregate"](runs)
     # ratios 2 and 4: mean 3, sample sd sqrt(((2-3)^2 + (4-3)^2) / 1) = sqrt(2)
     assert row["ratio_asv"] == pytest.approx((3.0, 2 ** 0.5))
     assert row["val_ratio_english"] == pytest.approx((1.5, 2 ** 0.5 / 2))
     assert row["tokens_per_s"] == (None, 0.0)
+    assert row["bits_stored"] == (5.61, 0.0) and row["gguf_mb"] == (93.8, 0.0)
     assert QUALITY["_cell"](row["ratio_asv"], ".2f") == "3.00 ± 1.41"
     assert QUALITY["_cell"]((3.0, 0.0), ".2f") == "3.00"
     assert QUALITY["_cell"]((None, 0.0), ".2f") == "-"

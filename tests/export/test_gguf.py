@@ -13,11 +13,13 @@ from tiny_bitnet import save_tiny
 from wrinklefree.cli import main
 from wrinklefree.export.blocks import decode_q2_0, decode_q4_0
 from wrinklefree.export.gguf import (
+    GGUFOptions,
     _permute_for_rope,
     export_gguf,
     fp_tensor_type,
     ternary_tensor_type,
 )
+from wrinklefree.llamacpp import adapter_path
 from wrinklefree.models import load_model
 from wrinklefree.nn.ternary import ternary_state
 
@@ -84,7 +86,7 @@ def test_bitnet_gguf_holds_exact_codes_and_scales(tiny_dir, tmp_path, weight_typ
     assert tensors["blk.1.ffn_down.scale"].data[0] == pytest.approx(scale.item(), rel=1e-7)
     sub = tensors["blk.1.ffn_sub_norm.weight"].data
     assert np.array_equal(sub, layer.sub_norm.weight.detach().numpy())
-    assert tensors["token_embd.weight"].tensor_type == Q.F16
+    assert tensors["token_embd.weight"].tensor_type == Q.Q8_0  # the compact default
     assert "output.weight" not in tensors  # bitnet ties the head to token_embd
 
 
@@ -123,7 +125,7 @@ def test_untied_subln_model_is_refused(tmp_path):
 
 def test_full_precision_layers_are_refused_with_the_fix(tmp_path):
     folder = save_tiny(tmp_path / "fp", num_hidden_layers=3, fp_layers=[0])
-    with pytest.raises(ValueError, match="fp_layers / exclude.*convert without them"):
+    with pytest.raises(ValueError, match="fp_layers / exclude.*model.convert.fp_layers_subln=true"):
         export_gguf(load_model(str(folder)), tmp_path / "m.gguf", folder)
 
 
@@ -204,3 +206,80 @@ def test_cli_type_table_and_refusal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "rows of 80 weights fit no exact llama.cpp ternary type" in err and "--type f16" in err
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_lrc_becomes_a_lora_adapter_beside_the_model(tmp_path):
+    folder = save_tiny(tmp_path / "lrc", lrc_rank=8)
+    model = load_model(str(folder))
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, folder)
+    reader, tensors = _read(adapter_path(path))
+    assert _field(reader, "general.type") == "adapter"
+    assert _field(reader, "general.architecture") == "bitnet"
+    assert _field(reader, "adapter.type") == "lora"
+    assert _field(reader, "adapter.lora.alpha") == 0.0  # scale 1 for every pair
+    layer = model.model.layers[1].mlp.down_proj  # in 512, out 256
+    a, b = tensors["blk.1.ffn_down.weight.lora_a"], tensors["blk.1.ffn_down.weight.lora_b"]
+    assert a.tensor_type == Q.F16 and a.data.shape == (8, 512)  # A = V^T (r, in)
+    assert b.tensor_type == Q.F16 and b.data.shape == (256, 8)  # B = U (out, r)
+    assert np.array_equal(a.data, layer.lrc_V.detach().numpy().T.astype(np.float16))
+    assert np.array_equal(b.data, layer.lrc_U.detach().numpy().astype(np.float16))
+    assert len(tensors) == 2 * 7 * 2  # every projection of both layers
+    _, base = _read(path)
+    assert not any("lora" in name for name in base)
+    folder2 = save_tiny(tmp_path / "plain")
+    export_gguf(load_model(str(folder2)), path, folder2)  # the same path, now without LRC
+    assert not adapter_path(path).exists()  # a stale correction must not load with it
+
+
+def test_lora_b_of_q_and_k_is_permuted_like_the_base_in_llama_arch(tmp_path):
+    folder = save_tiny(tmp_path / "plain", insert_subln=False, tie_word_embeddings=False,
+                       lrc_rank=8)
+    model = load_model(str(folder))
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, folder, lora_type="f16")
+    _, tensors = _read(adapter_path(path))
+    u = model.model.layers[0].self_attn.k_proj.lrc_U.detach().numpy()  # (128, 8): 2 kv heads
+    expected = _permute_for_rope(u, n_head=2).astype(np.float16)
+    assert np.array_equal(tensors["blk.0.attn_k.weight.lora_b"].data, expected)
+
+
+def test_q8_0_adapter_pads_the_rank_with_zero_factors(tmp_path):
+    folder = save_tiny(tmp_path / "lrc", lrc_rank=8)
+    model = load_model(str(folder))
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, folder, lora_type="q8_0")
+    _, tensors = _read(adapter_path(path))
+    a = tensors["blk.0.ffn_up.weight.lora_a"]
+    assert a.tensor_type == Q.Q8_0
+    values = gguf.quants.dequantize(a.data, Q.Q8_0).reshape(32, 256)  # rank 8 -> 32
+    v_t = model.model.layers[0].mlp.up_proj.lrc_V.detach().numpy().T
+    assert not values[8:].any()
+    assert np.abs(values[:8] - v_t).max() <= np.abs(v_t).max() / 127 + 1e-6  # one int8 step
+
+
+@pytest.mark.parametrize("fp_type", ["f16", "q8_0", "q4_0"])
+def test_full_precision_layers_with_subln_export_at_fp_type(tmp_path, fp_type):
+    folder = save_tiny(tmp_path / "fp", num_hidden_layers=3, fp_layers=[0],
+                       fp_layers_subln=True)
+    model = load_model(str(folder))
+    path = tmp_path / "m.gguf"
+    sizes = export_gguf(model, path, folder, fp_type=fp_type)
+    reader, tensors = _read(path)
+    assert _field(reader, "general.architecture") == "bitnet"
+    layer = model.model.layers[0]
+    t = tensors["blk.0.ffn_down.weight"]
+    assert sizes["blk.0.ffn_down.weight"][0] == t.tensor_type.name == fp_type.upper()
+    assert "blk.0.ffn_down.scale" not in tensors  # no ternary scale in a full-precision layer
+    weight = layer.mlp.down_proj.weight.detach().numpy()
+    values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(weight.shape)
+    step = {"f16": 1e-3, "q8_0": 1 / 127, "q4_0": 1 / 7}[fp_type]
+    assert np.abs(values - weight).max() <= np.abs(weight).max() * step
+    sub = tensors["blk.0.ffn_sub_norm.weight"].data
+    assert np.array_equal(sub, layer.mlp.down_proj.sub_norm.weight.detach().numpy())
+    assert tensors["blk.1.ffn_down.weight"].tensor_type == Q.TQ2_0
+
+
+def test_export_options_name_the_flag_and_choices():
+    with pytest.raises(ValueError, match=r"--lora-type 'q2_k'.*\('f16', 'q8_0', 'q4_0'\)"):
+        GGUFOptions(lora_type="q2_k")

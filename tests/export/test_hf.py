@@ -89,5 +89,20 @@ def test_per_channel_scales_are_refused(tmp_path):
 
 def test_full_precision_layers_are_refused_with_the_fix(tmp_path):
     folder = save_tiny(tmp_path / "fp", num_hidden_layers=3, fp_layers=[-1])
-    with pytest.raises(ValueError, match="fp_layers / exclude.*convert without fp_layers"):
+    with pytest.raises(ValueError, match="fp_layers / exclude.*model.convert.fp_layers_subln=true"):
         export_hf(load_model(str(folder)), tmp_path / "hf", folder)
+
+
+def test_full_precision_layers_with_subln_load_as_bitnet_for_causal_lm(tmp_path):
+    folder = save_tiny(tmp_path / "fp", num_hidden_layers=3, fp_layers=[0], fp_layers_subln=True)
+    loaded = _parity(folder, tmp_path / "hf")
+    assert type(loaded).__name__ == "BitNetForCausalLM"
+    assert loaded.model.layers[0].mlp.down_proj.weight.dtype == torch.float64  # kept
+    assert loaded.model.layers[1].mlp.down_proj.weight.dtype == torch.uint8
+
+
+def test_lrc_is_refused_naming_what_is_missing(tmp_path):
+    folder = save_tiny(tmp_path / "lrc", lrc_rank=4)
+    with pytest.raises(ValueError, match=r"low-rank correction .*peft.*--format gguf"):
+        export_hf(load_model(str(folder)), tmp_path / "hf", folder)
+    assert not (tmp_path / "hf").exists()

@@ -9,6 +9,7 @@ scales, tied head), which must agree to f16 precision.
 from __future__ import annotations
 
 import pytest
+import torch
 from llamacpp_probe import require_llamacpp
 from tiny_bitnet import TEXT, save_tiny
 from transformers import AutoTokenizer
@@ -140,3 +141,48 @@ def test_smollm2_exports_with_q4_0_fallback_and_exact_mapping(tmp_path):
     stats = compare_logits(torch_logits(model, tokens), llamacpp_logits(tmp_path / "f16.gguf",
                                                                         tokens))
     assert stats["cosine"] > 0.9999 and stats["top1"] > 0.95, stats
+
+
+@pytest.fixture(scope="module")
+def hybrid_dir(tmp_path_factory):
+    """What training=demo makes, in small: layer 0 full precision with a calibrated-like SubLN
+    (fp_layers_subln), layers 1-2 ternary with a low-rank correction (LRC) of rank 16."""
+    return save_tiny(tmp_path_factory.mktemp("hybrid") / "model", num_hidden_layers=3,
+                     fp_layers=[0], fp_layers_subln=True, lrc_rank=16)
+
+
+@pytest.mark.parametrize("fp_type, lora_type", [("q8_0", "f16"), ("f16", "q8_0"),
+                                                ("q8_0", "q4_0")])
+def test_hybrid_model_with_lora_adapter_matches_pytorch(hybrid_dir, tmp_path, fp_type,
+                                                        lora_type):
+    from wrinklefree.llamacpp import adapter_path
+
+    model = load_model(str(hybrid_dir))
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, hybrid_dir, fp_type=fp_type, lora_type=lora_type)
+    tokens = _tokens(hybrid_dir)
+    stats = compare_logits(torch_logits(model, tokens),
+                           llamacpp_logits(path, tokens, lora=adapter_path(path)))
+    assert stats["cosine"] > 0.99 and stats["top1"] >= 0.9, stats
+
+
+def test_adapter_reads_the_sub_normed_input_like_bitlinear_lrc(hybrid_dir, tmp_path):
+    """A correction large enough to move the logits far from the base (o_proj / down_proj
+    included, whose input llama.cpp normalises first): llama.cpp with the adapter follows the
+    PyTorch model, the base file alone does not."""
+    from wrinklefree.llamacpp import adapter_path
+    from wrinklefree.nn import BitLinearLRC
+
+    model = load_model(str(hybrid_dir))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, BitLinearLRC):
+                m.lrc_U.mul_(20.0)
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, hybrid_dir, fp_type="f16")
+    tokens = _tokens(hybrid_dir)
+    ref = torch_logits(model, tokens)
+    corrected = compare_logits(ref, llamacpp_logits(path, tokens, lora=adapter_path(path)))
+    base = compare_logits(ref, llamacpp_logits(path, tokens))
+    assert corrected["cosine"] > 0.99 and corrected["top1"] >= 0.9, corrected
+    assert base["cosine"] < 0.95, base  # the correction matters, and llama.cpp applies it

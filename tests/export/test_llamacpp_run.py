@@ -60,6 +60,29 @@ def test_generate_gguf_runs_llamacpp_greedy_and_seeded(chat_gguf, capsys):
     assert capsys.readouterr().out == first  # same seed, same sample
 
 
+def test_generate_applies_the_lora_adapter_beside_the_gguf(tmp_path, capsys):
+    from wrinklefree.llamacpp import adapter_path
+
+    folder = save_tiny(tmp_path / "lrc", lrc_rank=8)
+    path = tmp_path / "m.gguf"
+    export_gguf(load_model(str(folder)), path, folder)
+    args = ["generate", str(path), "--prompt", "And God said", "--max-new-tokens", "6"]
+    main(args)
+    out = capsys.readouterr()
+    assert f"[LoRA adapter {adapter_path(path)} applied" in out.err
+    llm = llama_cpp.Llama(model_path=str(path), lora_path=str(adapter_path(path)), verbose=False)
+    try:
+        expected = llm.create_completion("And God said", max_tokens=6, temperature=0.0)
+    finally:
+        llm.close()
+    assert out.out.rstrip("\n") == expected["choices"][0]["text"]
+    main(args + ["--lora", "none"])
+    assert "LoRA adapter" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args + ["--lora", str(tmp_path / "missing.lora.gguf")])
+    assert "--lora none" in capsys.readouterr().err
+
+
 def test_chat_gguf_uses_its_template_with_piped_stdin(chat_gguf):
     run = subprocess.run([sys.executable, "-m", "wrinklefree.cli", "chat", str(chat_gguf),
                           "--max-new-tokens", "4", "--threads", "1"], input="hello\nagain\n",

@@ -80,8 +80,9 @@ def test_stage3_distill_trains_and_exports_to_gguf_not_hf(tiny_config, tmp_path)
     report = json.loads((run_dir / "report.json").read_text())
     assert len(report["reconstruction_errors"]) == 2 and report["trained"]["perplexity"] > 0
     assert load_bitnet(run_dir / "final").config.bitnet["weight_quant"] == "absmean_channel"
-    sizes = export_model(run_dir, tmp_path / "m.gguf", "gguf")
-    assert sizes["blk.0.attn_q.weight"][1] > 0
+    result = export_model(run_dir, tmp_path / "m.gguf", "gguf")
+    assert result["tensors"]["blk.0.attn_q.weight"][1] > 0
+    assert result["storage"]["gguf"]["model_file_bytes"] == (tmp_path / "m.gguf").stat().st_size
     with pytest.raises(ValueError, match="model.convert.weight_quant=absmean"):
         export_model(run_dir, tmp_path / "hf", "hf")
 

@@ -20,6 +20,7 @@ import torch
 
 from wrinklefree.eval.degeneration import degeneration
 from wrinklefree.eval.perplexity import perplexity
+from wrinklefree.export.size import format_storage
 from wrinklefree.generate import generate_batch
 
 ROWS = ("teacher", "converted", "reconstructed", "trained")
@@ -120,7 +121,8 @@ def ratios_to_teacher(report: dict[str, Any]) -> dict[str, dict[str, float]] | N
 def format_report(report: dict[str, Any]) -> str:
     """A compact table (teacher / converted / trained x ppl per domain, ratios, rep-4 per domain
     on held-out prompts, distinct-2, rep-4 under the repetition penalty when one is set), then
-    the samples: what ``wf train`` prints at the end."""
+    the student's storage (bits per decoder-linear weight stored and exported, GGUF sizes by
+    part), and the samples: what ``wf train`` prints at the end."""
     rows = [r for r in ROWS if r in report and "domains" in report[r]]
     if not rows:
         return "no evaluation ran (training.eval_before=false and no training steps)"
@@ -150,6 +152,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"{d} {n} x {length} tokens" for d, (n, length) in test.items()))
     if "teacher" not in report:
         lines.append(NO_TEACHER)
+    if report.get("storage"):
+        lines.extend(f"student {line}" if i == 0 else line
+                     for i, line in enumerate(format_storage(report["storage"]).splitlines()))
     if penalized:
         lines.append(f"rep-4: greedy on held-out prompts; {penalized[0]}: the same with the "
                      f"repetition penalty {penalty:g} (training.sample_repetition_penalty)")

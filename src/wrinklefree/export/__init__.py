@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wrinklefree.export.gguf import GGUFOptions
 from wrinklefree.nn.ternary import check_exportable, ternary_state
 from wrinklefree.quant.packing import (
     pack_ternary_2bit,
@@ -33,14 +34,17 @@ def resolve_model_dir(src: str | Path) -> Path:
     return path
 
 
-def export_model(src: str | Path, out: str | Path, fmt: str = "gguf", *,
-                 weight_type: str = "tq2_0", embed_type: str = "f16",
-                 fallback_type: str = "q4_0") -> dict[str, tuple[str, int]]:
+def export_model(src: str | Path, out: str | Path, fmt: str = "gguf",
+                 options: GGUFOptions | None = None) -> dict:
     """Load a converted model folder (or run folder) and write it as ``fmt`` to ``out``.
 
-    Returns tensor name -> (storage type, bytes). ``weight_type`` / ``embed_type`` /
-    ``fallback_type`` apply to GGUF (see :func:`wrinklefree.export.gguf.export_gguf`).
+    Returns ``{"tensors": {name: (storage type, bytes)}, "storage": report}``: the written
+    tensors of every file and, for GGUF, :func:`wrinklefree.export.size.storage_report` of the
+    export (bits per decoder-linear weight, bytes by part). ``options`` (GGUF storage types)
+    apply to GGUF.
     """
+    from dataclasses import asdict
+
     from wrinklefree.models import load_model
 
     if fmt not in FORMATS:
@@ -49,16 +53,20 @@ def export_model(src: str | Path, out: str | Path, fmt: str = "gguf", *,
     model = load_model(str(folder))
     if fmt == "gguf":
         from wrinklefree.export.gguf import export_gguf
+        from wrinklefree.export.size import storage_report
 
-        return export_gguf(model, out, folder, weight_type=weight_type, embed_type=embed_type,
-                           fallback_type=fallback_type)
+        options = options or GGUFOptions()
+        tensors = export_gguf(model, out, folder, **asdict(options))
+        return {"tensors": tensors, "storage": storage_report(
+            model, options, tokenizer_dir=folder, name=Path(out).stem)}
     from wrinklefree.export.hf import export_hf
 
-    return export_hf(model, out, folder)
+    return {"tensors": export_hf(model, out, folder), "storage": None}
 
 
 __all__ = [
     "FORMATS",
+    "GGUFOptions",
     "check_exportable",
     "export_model",
     "pack_ternary_2bit",

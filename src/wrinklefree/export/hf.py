@@ -26,6 +26,8 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from wrinklefree.block_diffusion import BLOCK_SIZE_KEY
+from wrinklefree.errors import UserInputError
+from wrinklefree.nn import BitLinearLRC
 from wrinklefree.nn.surgery import CONFIG_KEY
 from wrinklefree.nn.ternary import (
     PER_CHANNEL_QUANTS,
@@ -63,9 +65,10 @@ def pack_transformers_bitnet(codes: torch.Tensor) -> torch.Tensor:
     return pack_ternary_2bit(grouped).T.contiguous()  # (out / 4, in)
 
 
-def _uses_bitnet_class(model: nn.Module, layers) -> bool:
-    """True for a SubLN Llama (-> BitNetForCausalLM), False for a model without SubLN."""
-    sub = {name for name, layer in layers if layer.sub_norm is not None}
+def _uses_bitnet_class(model: nn.Module) -> bool:
+    """True for a SubLN Llama (-> BitNetForCausalLM), False for a model without SubLN. The
+    full-precision layers of ``fp_layers_subln`` have their SubLN too (kept unconverted)."""
+    sub = {name for name, m in model.named_modules() if getattr(m, "sub_norm", None) is not None}
     if not sub:
         return False
     expected = {
@@ -79,8 +82,8 @@ def _uses_bitnet_class(model: nn.Module, layers) -> bool:
         raise ValueError(
             "transformers' BitNetForCausalLM is a Llama with SubLN exactly before o_proj and "
             f"down_proj; this {cfg.model_type} model's SubLNs do not map onto it (layers kept "
-            "in full precision by fp_layers / exclude have none). Use the wrinklefree "
-            "checkpoint (load_bitnet) instead, or convert without fp_layers"
+            "in full precision by fp_layers / exclude have none): train with "
+            "model.convert.fp_layers_subln=true, or use the wrinklefree checkpoint (load_bitnet)"
         )
     if head_dim * cfg.num_attention_heads != cfg.hidden_size:
         raise ValueError("BitNetForCausalLM needs heads * head_dim == hidden_size")
@@ -123,6 +126,21 @@ def _check_hf(layers) -> None:
             )
 
 
+def _check_no_lrc(model: nn.Module) -> None:
+    """Refuse a low-rank correction: its place would be a PEFT LoRA adapter beside the folder,
+    which transformers loads only through peft (not a wrinklefree dependency)."""
+    import importlib.util
+
+    if not any(isinstance(m, BitLinearLRC) for m in model.modules()):
+        return
+    missing = ("peft is not installed" if importlib.util.find_spec("peft") is None
+               else "wrinklefree writes no PEFT adapter for transformers' BitLinear")
+    raise UserInputError(
+        "the low-rank correction (LRC) has no form transformers loads beside a BitNet checkpoint "
+        f"({missing}: transformers loads LoRA adapters only through peft); export it with "
+        "--format gguf, where the LRC becomes a llama.cpp LoRA adapter")
+
+
 def export_hf(model: nn.Module, out: str | Path, tokenizer_dir: str | Path | None = None
               ) -> dict[str, tuple[str, int]]:
     """Save ``model`` (converted, fully ternary) as packed safetensors + config in ``out``.
@@ -131,9 +149,10 @@ def export_hf(model: nn.Module, out: str | Path, tokenizer_dir: str | Path | Non
     """
     from transformers import AutoTokenizer
 
+    _check_no_lrc(model)
     layers = check_exportable(model)
     _check_hf(layers)
-    bitnet_class = _uses_bitnet_class(model, layers)
+    bitnet_class = _uses_bitnet_class(model)
     if bitnet_class:
         warn_subln_eps(model)
     ternary = {f"{name}.weight": layer for name, layer in layers}

@@ -3,7 +3,7 @@ module surgery and the ``config.bitnet`` record (:mod:`.surgery`)."""
 
 from wrinklefree.nn.bitlinear import BitLinear, set_quant_lambda
 from wrinklefree.nn.lrc import BitLinearLRC, convert_bitlinear_to_lrc, freeze_model_except_lrc
-from wrinklefree.nn.subln import SubLN
+from wrinklefree.nn.subln import SubLN, SubLNLinear
 from wrinklefree.nn.surgery import BitNetConfig, bitnet_config_of, record_bitnet, replace_modules
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "BitLinearLRC",
     "BitNetConfig",
     "SubLN",
+    "SubLNLinear",
     "bitnet_config_of",
     "convert_bitlinear_to_lrc",
     "freeze_model_except_lrc",

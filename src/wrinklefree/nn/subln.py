@@ -67,3 +67,32 @@ class SubLN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class SubLNLinear(nn.Linear):
+    """A full-precision ``nn.Linear`` with a SubLN on its input: y = W·SubLN(x) + b.
+
+    For decoder layers kept in full precision (``fp_layers``) that must still fit llama.cpp's
+    ``bitnet`` graph and transformers' BitNet, which normalise the input of o_proj and down_proj
+    in every layer (``fp_layers_subln``). Same parameter names as a BitLinear with SubLN
+    (``weight``, ``bias``, ``sub_norm.weight``), so exporters read both alike.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 subln_eps: float = 1e-6, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.sub_norm: SubLN | None = SubLN(in_features, subln_eps, device=device, dtype=dtype)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, subln_eps: float = 1e-6) -> SubLNLinear:
+        """A SubLNLinear sharing ``linear``'s weight and bias tensors, with unit SubLN gains."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device="meta")
+        layer.weight, layer.bias = linear.weight, linear.bias
+        layer.sub_norm = SubLN(linear.in_features, subln_eps, device=linear.weight.device,
+                               dtype=linear.weight.dtype)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        # sub_norm is None only while calibrate_subln collects the unnormalised input
+        return super().forward(x if self.sub_norm is None else self.sub_norm(x))

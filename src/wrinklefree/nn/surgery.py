@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch.nn as nn
 
-from wrinklefree.errors import check_ranges, unit_interval
+from wrinklefree.errors import UserInputError, check_ranges, unit_interval
 
 CONFIG_KEY = "bitnet"
 
@@ -30,7 +30,12 @@ class BitNetConfig:
             the end: ``[0, 1, -1]`` = the first two and the last). They keep the teacher's
             weights and no SubLN, so they can still write the massive activations the ternary
             layers cannot (docs/benchmarks.md). llama.cpp's bitnet and transformers' BitNet
-            cannot hold them (both exports refuse); ``load_bitnet`` runs them as they are.
+            cannot hold them without a SubLN (see ``fp_layers_subln``); ``load_bitnet`` runs
+            them as they are.
+        fp_layers_subln: give the ``subln_targets`` of the ``fp_layers`` a calibrated SubLN too
+            (:class:`~wrinklefree.nn.SubLNLinear`, still full precision). llama.cpp's bitnet
+            graph and transformers' BitNet normalise the input of o_proj and down_proj in every
+            layer, so only such a model exports with its full-precision layers.
         insert_subln: RMSNorm before the input of the modules named in ``subln_targets``.
         subln_targets: leaf names of the projections that get a SubLN (BitDistill stage 1).
         quant_lambda: initial quantization strength (0 = full precision, 1 = ternary).
@@ -48,6 +53,7 @@ class BitNetConfig:
     exclude: list[str] = field(default_factory=lambda: [r"(^|\.)lm_head$", r"(^|\.)score$",
                                                         r"(^|\.)classifier$"])
     fp_layers: list[int] = field(default_factory=list)
+    fp_layers_subln: bool = False
     insert_subln: bool = True
     subln_targets: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
     quant_lambda: float = field(default=1.0,
@@ -61,6 +67,11 @@ class BitNetConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.fp_layers_subln and not self.insert_subln:
+            raise UserInputError(
+                "fp_layers_subln=true needs insert_subln=true (the full-precision layers get the "
+                "SubLN the ternary ones have); set insert_subln=true or fp_layers_subln=false"
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> BitNetConfig:

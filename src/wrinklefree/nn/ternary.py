@@ -32,37 +32,43 @@ def ternary_state(layer: BitLinear) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if not isinstance(layer, BitLinear):
         raise TypeError(f"ternary_state needs a BitLinear, got {type(layer).__name__}")
-    _check_layer(layer)
+    _check_layer(layer, lrc=True)  # an LRC layer's base weight is codes * scale too
     with torch.no_grad():
         weight = layer.weight.detach()
         scale = absmean_scale(weight, per_channel=layer.weight_quant in PER_CHANNEL_QUANTS)
         return ternary_codes(weight, scale), scale
 
 
-def _check_layer(layer: BitLinear, name: str = "layer") -> None:
+def _check_layer(layer: BitLinear, name: str = "layer", lrc: bool = False) -> None:
     if layer.weight_quant not in EXPORTABLE_QUANTS:
         raise ValueError(
             f"{name}: weight_quant '{layer.weight_quant}' is not plain ternary codes * scale; "
             f"only {sorted(EXPORTABLE_QUANTS)} can be packed and exported"
         )
-    if isinstance(layer, BitLinearLRC) or getattr(layer, "hadamard", False):
+    if getattr(layer, "hadamard", False):
         raise ValueError(
-            f"{name}: low-rank correction (LRC) and Hadamard layers have no packed / llama.cpp "
-            "equivalent; export a model converted without lrc_rank and hadamard"
+            f"{name}: Hadamard layers have no packed / llama.cpp equivalent; export a model "
+            "converted without hadamard"
+        )
+    if isinstance(layer, BitLinearLRC) and not lrc:
+        raise ValueError(
+            f"{name}: the low-rank correction (LRC) has no packed PyTorch equivalent; run the "
+            "model unpacked, or export it to GGUF (the LRC becomes a llama.cpp LoRA adapter)"
         )
 
 
-def check_exportable(model: nn.Module) -> list[tuple[str, BitLinear]]:
+def check_exportable(model: nn.Module, lrc: bool = False) -> list[tuple[str, BitLinear]]:
     """The model's BitLinear layers, after checking each is fully ternary codes * scale.
 
     Raises ValueError for an unconverted model, a lambda warm-up that has not reached 1, or a
-    variant whose weight is not codes * scale (Haar, Hadamard, LRC).
+    variant whose weight is not codes * scale (Haar, Hadamard); for LRC layers unless ``lrc``
+    (the GGUF export writes their correction as a LoRA adapter).
     """
     if bitnet_config_of(model) is None:
         raise ValueError("not a wrinklefree BitNet model; convert it first with `wf convert`")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, BitLinear)]
     for name, layer in layers:
-        _check_layer(layer, name)
+        _check_layer(layer, name, lrc)
         if layer.quant_lambda != 1.0:
             raise ValueError(
                 f"{name} is not fully ternary (quant_lambda={layer.quant_lambda:g}); export a "

@@ -29,6 +29,7 @@ from wrinklefree.data.packing import collate
 from wrinklefree.data.sources import source_files
 from wrinklefree.errors import UserInputError
 from wrinklefree.eval.report import evaluate_model, format_report, ratios_to_teacher
+from wrinklefree.export.size import storage_report
 from wrinklefree.models import load_model, load_tokenizer
 from wrinklefree.nn import bitnet_config_of, set_quant_lambda
 from wrinklefree.objectives import add_mask_token, create_objective_manager
@@ -392,6 +393,8 @@ def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
         student.generation_config.repetition_penalty = cfg.training.sample_repetition_penalty
     student.save_pretrained(final)
     tokenizer.save_pretrained(final)
+    # what the student stores and what `wf export final/ x.gguf` writes (default GGUF types)
+    report["storage"] = storage_report(student, tokenizer_dir=final, name=final.name)
     if cfg.training.max_steps != 0:
         report["trained"] = _evaluate(student, tokenizer, cfg, eval_windows)
         _print_row("trained student", report["trained"])
