@@ -72,7 +72,7 @@ def test_quantized_embedding_matches_pytorch(tiny_dir, tmp_path, embed_type, min
 def test_architecture_mapping_is_exact_without_activation_quantization(tiny_dir, tmp_path):
     model = load_model(str(tiny_dir))
     path = tmp_path / "m.gguf"
-    export_gguf(model, path, tiny_dir, weight_type="f16")
+    export_gguf(model, path, tiny_dir, weight_type="f16", embed_type="f16")
     for layer in model.modules():
         if isinstance(layer, BitLinear):
             layer.quantize_activations = False
@@ -133,7 +133,8 @@ def test_smollm2_exports_with_q4_0_fallback_and_exact_mapping(tmp_path):
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text)
     finally:
         llm.close()
-    export_gguf(model, tmp_path / "f16.gguf", folder, weight_type="f16")
+    export_gguf(model, tmp_path / "f16.gguf", folder, weight_type="f16",
+                embed_type="f16")
     for layer in model.modules():
         if isinstance(layer, BitLinear):
             layer.quantize_activations = False

@@ -323,8 +323,11 @@ def _ternary_tensors(layer: BitLinear, name: str, arch: str, options: GGUFOption
     type_name = ternary_tensor_type(options.weight_type, layer.in_features,
                                     fallback=options.fallback_type, tensor=f"{name}.weight")
     part = "ternary" if type_name == options.weight_type.upper() else "fallback"
-    # bitnet multiplies each matmul by an f32 {1}-shaped `.scale`: blocks hold the codes (d = 1)
-    separate_scale = arch == "bitnet" and layer.weight_quant not in PER_CHANNEL_QUANTS
+    # bitnet multiplies each matmul by an f32 {1}-shaped `.scale`: blocks hold the codes (d = 1).
+    # Not under an adapter: llama.cpp's build_ffn multiplies up / gate by `.scale` after adding
+    # the LoRA term (llama-graph.cpp), so an LRC layer folds its scale into the blocks' fp16 d.
+    separate_scale = (arch == "bitnet" and layer.weight_quant not in PER_CHANNEL_QUANTS
+                      and not isinstance(layer, BitLinearLRC))
 
     def encode_weight() -> np.ndarray:
         codes, scale = ternary_state(layer)  # (out, in) int8, () or (out, 1)
