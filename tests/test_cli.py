@@ -55,6 +55,22 @@ def test_convert_keeps_the_named_layers_in_full_precision(tiny_source, tmp_path,
     assert isinstance(first.mlp.down_proj, BitLinear)
     assert not any(isinstance(m, BitLinear) for m in last.modules())
     capsys.readouterr()
-    main(["info", str(tmp_path / "out")])
+    main(["info", str(tmp_path / "out"), "--fp-type", "q4_0"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[-1] for line in lines if "full-precision decoder layers" in line] == ["1"]
+    stored = [line for line in lines if line.startswith("stored: ")]
+    exported = [line for line in lines if line.startswith("GGUF (")]
+    assert stored and "bits per decoder-linear weight" in stored[0]
+    assert exported and "fp q4_0" in exported[0] and "fp_layers_subln=true" in lines[-1]
+
+
+def test_convert_fp_layers_subln_makes_them_exportable(tiny_source, tmp_path, capsys):
+    from wrinklefree.convert import load_bitnet
+    from wrinklefree.nn import SubLNLinear
+
+    main(["convert", str(tiny_source), str(tmp_path / "out"), "--fp-layers", "-1",
+          "--fp-layers-subln", "--calibration-batches", "1"])
+    model = load_bitnet(tmp_path / "out")
+    assert model.config.bitnet["fp_layers_subln"] is True
+    assert isinstance(model.model.layers[-1].mlp.down_proj, SubLNLinear)
+    assert "wf export refuses" not in capsys.readouterr().out

@@ -12,7 +12,10 @@ same distribution.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +96,23 @@ def adapter_note(adapter: Path) -> str:
             "runs the base alone]")
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send the process's stderr (file descriptor 2) to /dev/null while llama.cpp loads a LoRA
+    adapter: on a base whose weights it repacks (Q4_0 on AVX2) it prints one warning per adapter
+    tensor ("cannot use buft 'CPU_REPACK', fallback to CPU", ~200 lines for SmolLM2) past
+    llama-cpp-python's ``verbose=False``. Failures still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def available() -> bool:
     """Whether llama-cpp-python is importable."""
     import importlib.util
@@ -101,23 +121,26 @@ def available() -> bool:
 
 
 def load(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
-         seed: int | None = None, lora: Path | None = None):
+         seed: int | None = None, lora: str | Path | None = None, **llama_kwargs):
     """A ``llama_cpp.Llama`` for the GGUF at ``path`` with the LoRA adapter ``lora`` applied at
-    scale 1 (quiet; raises with the install hint)."""
+    scale 1 (quiet; raises with the install hint). ``llama_kwargs`` go to ``Llama`` as they are
+    (e.g. ``logits_all``, ``n_batch``)."""
     if not available():
         raise UserInputError(INSTALL_HINT)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file; export one with `wf export`")
     from llama_cpp import Llama
 
-    kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": n_ctx, "verbose": False}
+    kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": n_ctx, "verbose": False,
+                              **llama_kwargs}
     if n_threads is not None:
         kwargs |= {"n_threads": n_threads, "n_threads_batch": n_threads}
     if seed is not None:
         kwargs["seed"] = seed
-    if lora is not None:
-        kwargs |= {"lora_path": str(lora), "lora_scale": 1.0}
-    return Llama(**kwargs)
+    if lora is None:
+        return Llama(**kwargs)
+    with native_stderr_silenced():
+        return Llama(**kwargs, lora_path=str(lora), lora_scale=1.0)
 
 
 def generate(llm, prompt: str, sampling: Sampling) -> Iterator[str]:
@@ -184,9 +207,11 @@ def server_app(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = N
                              "n_ctx": n_ctx, "verbose": False}
     if n_threads is not None:
         model |= {"n_threads": n_threads, "n_threads_batch": n_threads}
-    if lora is not None:
-        model["lora_path"] = str(lora)
-    return create_app(server_settings=ServerSettings(), model_settings=[ModelSettings(**model)])
+    if lora is None:
+        return create_app(server_settings=ServerSettings(), model_settings=[ModelSettings(**model)])
+    with native_stderr_silenced():  # the app loads the model (and the adapter) here
+        return create_app(server_settings=ServerSettings(),
+                          model_settings=[ModelSettings(**model, lora_path=str(lora))])
 
 
 def _validation_errors_as_422() -> None:

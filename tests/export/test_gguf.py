@@ -212,7 +212,7 @@ def test_lrc_becomes_a_lora_adapter_beside_the_model(tmp_path):
     folder = save_tiny(tmp_path / "lrc", lrc_rank=8)
     model = load_model(str(folder))
     path = tmp_path / "m.gguf"
-    export_gguf(model, path, folder)
+    export_gguf(model, path, folder, lora_type="f16")
     reader, tensors = _read(adapter_path(path))
     assert _field(reader, "general.type") == "adapter"
     assert _field(reader, "general.architecture") == "bitnet"
@@ -281,5 +281,5 @@ def test_full_precision_layers_with_subln_export_at_fp_type(tmp_path, fp_type):
 
 
 def test_export_options_name_the_flag_and_choices():
-    with pytest.raises(ValueError, match=r"--lora-type 'q2_k'.*\('f16', 'q8_0', 'q4_0'\)"):
+    with pytest.raises(ValueError, match=r"--lora-type 'q2_k'.*\('q8_0', 'f16', 'q4_0'\)"):
         GGUFOptions(lora_type="q2_k")

@@ -30,7 +30,7 @@ def hybrid_dir(tmp_path_factory):
 
 
 def test_storage_by_hand(hybrid_dir):
-    report = storage_report(load_model(str(hybrid_dir)))
+    report = storage_report(load_model(str(hybrid_dir)), GGUFOptions(lora_type="f16"))
     per_layer = sum(PER_LAYER.values())
     lrc = RANK * sum(LRC.values())  # 32,768
     assert report["decoder_linear_weights"] == 2 * per_layer

@@ -68,7 +68,7 @@ WEIGHT_TYPES = ("tq2_0", "tq1_0", "q2_0", "q4_0", "f16")
 FALLBACK_TYPES = ("q4_0", "q2_0", "q8_0")  # rows that are not whole 256-blocks; q8_0: 8.5 bits
 EMBED_TYPES = ("q8_0", "q6_k", "q5_0", "q4_0", "f16")
 FP_TYPES = ("q8_0", "q4_0", "f16")  # full-precision decoder layers (llama.cpp's quantizers)
-LORA_TYPES = ("f16", "q8_0", "q4_0")  # the LRC adapter's factors
+LORA_TYPES = ("q8_0", "f16", "q4_0")  # the LRC adapter's factors
 # llama.h `enum llama_ftype` (MOSTLY_Q2_0 = 41 is not in gguf-py 0.19)
 FILE_TYPES = {"tq2_0": 37, "tq1_0": 36, "q2_0": 41, "q4_0": 2, "f16": 1}
 # What each tensor of the file is, for the size report (wrinklefree.export.size)
@@ -86,15 +86,17 @@ class GGUFOptions:
             llama.cpp's own quantizer keeps SmolLM2's tied embedding at Q8_0 too).
         fp_type: linears kept in full precision (``fp_layers``, ``exclude``), quantized the way
             llama.cpp's quantizer does.
-        lora_type: the factors of the LRC adapter; block types pad the rank to whole blocks with
-            zeros (exact), llama.cpp multiplies B's rows of r.
+        lora_type: the factors of the LRC adapter. Q8_0 by default: on the tiny hybrid the same
+            agreement with PyTorch as F16, and on SmolLM2 0.60x its bytes and faster decoding
+            (docs/export.md). Block types pad the rank to whole blocks of 32 with zeros
+            (exact): llama.cpp multiplies B's rows of r.
     """
 
     weight_type: str = "tq2_0"
     fallback_type: str = "q4_0"
     embed_type: str = "q8_0"
     fp_type: str = "q8_0"
-    lora_type: str = "f16"
+    lora_type: str = "q8_0"
 
     def __post_init__(self) -> None:
         for flag, value, choices in (("--type", self.weight_type, WEIGHT_TYPES),

@@ -39,12 +39,11 @@ def llamacpp_logits(path: str | Path, tokens: list[int], n_threads: int = 2,
                     lora: str | Path | None = None) -> np.ndarray:
     """(L, V) float32 logits of a GGUF file evaluated by llama.cpp (llama-cpp-python), with the
     LoRA adapter ``lora`` (e.g. the LRC of ``wf export``) applied at scale 1."""
-    from llama_cpp import Llama
+    from wrinklefree.llamacpp import load
 
     n = len(tokens)
-    adapter = {} if lora is None else {"lora_path": str(lora), "lora_scale": 1.0}
-    llm = Llama(model_path=str(path), n_ctx=max(n, 16), n_batch=max(n, 16), n_ubatch=max(n, 16),
-                logits_all=True, n_threads=n_threads, verbose=False, **adapter)
+    llm = load(path, n_ctx=max(n, 16), n_threads=n_threads, lora=lora, n_batch=max(n, 16),
+               n_ubatch=max(n, 16), logits_all=True)
     try:
         llm.eval(tokens)
         return np.array(llm.scores[:n], dtype=np.float32)
