@@ -192,7 +192,7 @@ def test_bf16_model_exports_the_same_codes(tiny_dir, tmp_path):
 
 
 def test_cli_type_table_and_refusal(tmp_path, capsys):
-    from wrinklefree.cli import format_type_table
+    from wrinklefree.cli.model import format_type_table
 
     table = format_type_table({"a": ("Q4_0", 3 * 2**20), "b": ("F32", 2**20), "c": ("Q4_0", 0)})
     lines = table.splitlines()
