@@ -1,0 +1,55 @@
+"""`wf bench frontier` end to end in llama.cpp on a tiny exported model: the teacher (an F16
+export) through llama.cpp's quantizer and a ternary student, scored on the same windows; checks
+the JSON fields and that the PNG is written."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+from llamacpp_probe import require_llamacpp
+from tiny_bitnet import save_tiny
+
+from wrinklefree.cli import main as wf
+
+require_llamacpp()  # skips, with the reason, where it is missing or crashes
+pytestmark = pytest.mark.llamacpp
+FRONTIER = Path(__file__).parents[2] / "bench" / "frontier.py"
+
+
+def test_frontier_of_a_tiny_model(tmp_path):
+    folder = save_tiny(tmp_path / "model")
+    teacher = tmp_path / "teacher.gguf"
+    wf(["export", str(folder), str(teacher), "--type", "f16", "--embed-type", "f16"])
+    students = tmp_path / "students"
+    students.mkdir()
+    wf(["export", str(folder), str(students / "ternary.gguf"), "--embed-type", "q8_0"])
+    out = tmp_path / "frontier"
+    summary = runpy.run_path(str(FRONTIER))["main"]([
+        str(students), "--teacher", str(teacher), "--types", "q8_0", "--windows", "2",
+        "--seq-len", "32", "--loop-prompts", "2", "--loop-tokens", "4", "--decode-tokens", "4",
+        "--out", str(out)])
+    saved = json.loads((out / "frontier.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(summary["rows"]))
+    assert saved["windows"] == {"asv": [2, 32], "english": [2, 32]}
+    rows = {r["label"]: r for r in saved["rows"]}
+    assert list(rows) == ["teacher as shipped", "teacher -> q8_0", "students/ternary"]
+    assert [r["kind"] for r in rows.values()] == ["teacher", "teacher", "student"]
+    for r in rows.values():
+        assert r["file_mb"] > 0 and set(r["decode_tok_s"]) == {"1", "2"}
+        assert all(v > 0 for v in r["decode_tok_s"].values())
+        for key in ("perplexity", "ratio", "rep4", "pareto"):
+            assert set(r[key]) == {"asv", "english"}, key
+        assert all(0 <= v <= 1 for v in r["rep4"].values())
+    assert rows["teacher as shipped"]["ratio"] == {"asv": 1.0, "english": 1.0}
+    assert rows["teacher as shipped"]["bits_per_linear_weight"] == pytest.approx(16, abs=0.1)
+    assert rows["teacher -> q8_0"]["bits_per_linear_weight"] == pytest.approx(8.5, abs=0.1)
+    # TQ2_0 (2.0625 bits) plus one f32 scale per tensor
+    assert 2.0625 <= rows["students/ternary"]["bits_per_linear_weight"] < 2.2
+    # the smallest file is always on the frontier of both domains
+    smallest = min(rows.values(), key=lambda r: r["file_mb"])
+    assert smallest["pareto"] == {"asv": True, "english": True}
+    png = out / "frontier.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
