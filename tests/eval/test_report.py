@@ -34,6 +34,10 @@ def test_ratios_and_table_by_hand():
     assert lines[4].split() == ["trained", "100.00", "600.00", "5.00", "10.00", "0.50", "0.25",
                                 "1.00"]
     assert "2e+07" in lines[3] and NO_TEACHER not in table
+    report["windows"] = {"test": {"asv": [64, 128], "english": [64, 128]},
+                         "validation": {"asv": [8, 128], "english": [8, 128]}}
+    assert ("perplexity on the test windows: asv 64 x 128 tokens, english 64 x 128 tokens"
+            in format_report(report).splitlines())
     assert "trained   'And God said,' -> ' x'" in table
 
 
