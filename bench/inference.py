@@ -6,7 +6,8 @@
 
 One model, one prompt (the first ``--prompt-len`` tokens of the ASV), greedy decoding of exactly
 ``--new-tokens`` tokens (EOS ignored). The model is converted once (default options, SubLN gains
-of 1: a speed benchmark, its text is garbage) and saved; **every row then runs in its own
+of 1: a speed benchmark, its text is garbage; an already converted ``--model``, e.g. a run
+folder, is used as it is and the ``fp32`` row skipped) and saved; **every row then runs in its own
 process**, so its peak RSS (``ru_maxrss``) is that row's alone, and the rows are interleaved
 ``--repeats`` times (best decode rate kept) so load on a shared machine hits all rows alike.
 
@@ -190,17 +191,23 @@ def prepare(args, workdir: Path, keys: list[str]) -> list[dict]:
     from wrinklefree.convert import convert_model_to_bitnet
     from wrinklefree.export.gguf import export_gguf
     from wrinklefree.models import load_model, load_tokenizer
+    from wrinklefree.nn.surgery import bitnet_config_of
     from wrinklefree.objectives.dlm import add_mask_token
 
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
     ids = tokenizer(asv_text()[:20_000])["input_ids"][: args.prompt_len]
     (workdir / "prompt.json").write_text(json.dumps(ids))
-    model.save_pretrained(workdir / "fp32")
-    convert_model_to_bitnet(model, calibrate=False)
+    skipped = []
+    if bitnet_config_of(model) is None:
+        model.save_pretrained(workdir / "fp32")
+        convert_model_to_bitnet(model, calibrate=False)
+    elif "fp32" in keys:  # already converted (a `wf convert` or run folder): used as it is
+        skipped.append({"key": "fp32", "name": TORCH_ROWS["fp32"],
+                        "note": f"skipped: {args.model} is already converted (no unconverted "
+                                "model to time)"})
     add_mask_token(tokenizer, model)
     model.save_pretrained(workdir / "ternary")
     tokenizer.save_pretrained(workdir / "ternary")
-    skipped = []
     has_llamacpp = importlib.util.find_spec("llama_cpp") is not None
     for mix in GGUF_MIXES:
         if gguf_key(mix) not in keys:

@@ -10,7 +10,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
-from training_fixtures import text_files, tiny_config, tiny_source  # noqa: E402, F401
+from training_fixtures import (  # noqa: E402, F401
+    text_files,
+    tiny_config,
+    tiny_overrides,
+    tiny_source,
+)
 
 
 @pytest.fixture

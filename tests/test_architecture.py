@@ -15,7 +15,7 @@ SRC = Path(wrinklefree.__file__).parent
 
 # Floors, bottom first: a module may import from its own floor and the floors below.
 FLOORS = [
-    {"errors", "assets", "allocator"},
+    {"errors", "assets", "allocator", "files"},
     {"quant"},
     {"nn"},
     {"convert", "models", "block_diffusion"},

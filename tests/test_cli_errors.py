@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import time
 
+import lightning  # noqa: F401  before any capsys: its log handler keeps the stderr of its import
 import pytest
 import torch
 from tiny_models import tiny_model
@@ -260,3 +261,119 @@ def test_more_windows_than_the_text_has_is_refused(capsys, tmp_path):
     err = _error_of(capsys, ["eval", str(folder), "--text", str(text), "--seq-len", "4",
                              "--windows", "1000"])
     assert "--windows 1000: the text has only" in err and "pass --windows" in err
+
+
+# ---------------------------------------------------------------- issue 31: damaged weights
+
+
+@pytest.mark.parametrize("command", ["info", "generate", "train", "bitnet"])
+def test_a_truncated_weights_file_is_named_as_damaged(capsys, tmp_path, tiny_source,
+                                                      tiny_overrides, command):
+    import shutil
+
+    folder = tmp_path / "model"
+    if command == "bitnet":  # a converted model (a run's final/) loads through load_bitnet
+        _tiny_folder(tmp_path).rename(folder)
+        command = "info"
+    else:
+        shutil.copytree(tiny_source, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    argv = {"info": ["info", str(folder)],
+            "generate": ["generate", str(folder), "--prompt", "x"],
+            "train": ["train", *tiny_overrides(f"model.source={folder}",
+                                               f"run_dir={tmp_path / 'run'}")]}[command]
+    err = _error_of(capsys, argv)
+    assert err.startswith(f"wf {command}: error: {weights} is damaged (")
+    assert err.endswith("incomplete or corrupt (e.g. cut short by a kill or a full disk); write "
+                        "the model again (`wf convert`, `wf train`) or restore the file from a "
+                        "copy")
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- issue 31: window lengths, text
+
+
+def _tiny_folder_with_tokenizer(tmp_path):
+    from transformers import GPT2Tokenizer
+
+    from wrinklefree import assets
+
+    folder = _tiny_folder(tmp_path)
+    GPT2Tokenizer.from_pretrained(assets.gpt2_tokenizer_dir(tmp_path / "vocab")) \
+        .save_pretrained(folder)
+    return folder
+
+
+def test_train_refuses_a_seq_len_beyond_the_model_or_the_text(capsys, tmp_path, tiny_source,
+                                                              tiny_overrides):
+    import json
+    import shutil
+
+    run_dir = tmp_path / "run"
+    err = _error_of(capsys, ["train", *tiny_overrides("data.seq_len=512",
+                                                      f"run_dir={run_dir}")])
+    assert err == ("wf train: error: data.seq_len = 512 tokens exceeds the model's context of 256 "
+                   "positions (max_position_embeddings); lower data.seq_len to at most the "
+                   "model's context")  # as wf eval and wf generate refuse it
+    long_context = tmp_path / "long"
+    shutil.copytree(tiny_source, long_context)
+    config = json.loads((long_context / "config.json").read_text())
+    (long_context / "config.json").write_text(json.dumps(
+        {**config, "max_position_embeddings": 1_000_000}))
+    words = tmp_path / "words.txt"  # 40k tokens: 0.6 window of 60000, 1.3 of 30000
+    words.write_text("\n\n".join(f"The {i}th shepherd fed his flock." for i in range(4000)))
+    long_run = [f"model.source={long_context}", "model.teacher=null", f"run_dir={run_dir}",
+                f"data.sources=[{{name: words, path: '{words}'}}]"]
+    err = _error_of(capsys, ["train", *tiny_overrides(*long_run, "data.seq_len=60000")])
+    assert err.startswith(f"wf train: error: source 'words' ({words}) has ")
+    assert err.endswith("tokens, fewer than one window of data.seq_len=60000 per rank (1); add "
+                        "text to it or lower data.seq_len")
+    err = _error_of(capsys, ["train", *tiny_overrides(*long_run, "data.seq_len=30000")])
+    assert err.startswith("wf train: error: data.seq_len=30000: not enough text for one window "
+                          "of 30000 tokens (the text has ")  # the held-out validation text
+    assert err.endswith("); lower data.seq_len")
+    assert not run_dir.exists()
+
+
+def test_an_empty_data_file_is_named(capsys, tmp_path, tiny_overrides):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    err = _error_of(capsys, ["train", *tiny_overrides(
+        f"data.sources=[{{name: mine, path: '{empty}'}}]", "model.teacher=null")])
+    assert err == (f"wf train: error: source 'mine' ({empty}) has no documents: it holds no text; "
+                   "add text to it, or drop it from data.sources")
+
+
+def test_eval_text_that_is_not_utf8_empty_or_short_is_named(capsys, tmp_path):
+    folder = _tiny_folder_with_tokenizer(tmp_path)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("first line\n\ncaf\xe9 au lait".encode("latin-1"))
+    err = _error_of(capsys, ["eval", str(folder), "--text", str(latin1)])
+    assert err.startswith(f"wf eval: error: {latin1}:3 is not valid UTF-8 (")
+    assert err.endswith("convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it "
+                        "out")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    err = _error_of(capsys, ["eval", str(folder), "--text", str(empty)])
+    assert err == (f"wf eval: error: --text {empty} holds no text; pass a UTF-8 text file with "
+                   "documents separated by blank lines")
+    short = tmp_path / "short.txt"
+    short.write_text("a few words")
+    err = _error_of(capsys, ["eval", str(folder), "--text", str(short), "--seq-len", "200"])
+    assert err.startswith("wf eval: error: --seq-len 200: not enough text for one window of 200 "
+                          "tokens (the text has ")
+    assert err.endswith(f"pass a shorter --seq-len or a longer --text than {short}")
+
+
+# ---------------------------------------------------------------- issue 31: presets
+
+
+def test_an_unknown_preset_lists_the_presets_and_the_closest():
+    with pytest.raises(UserInputError, match=r"unknown training preset 'demoo'; did you mean "
+                       r"'demo'\? \(available: cpu_hour, demo, dlm_demo, .*stage1_subln"):
+        compose_train_config(["training=demoo"])
+    with pytest.raises(UserInputError, match=r"unknown objectives preset 'nonexistent' "
+                       r"\(available: bitdistill, ce, .*\)"):
+        compose_train_config(["objectives=nonexistent"])
+    assert compose_train_config(["training=stage1_subln"]).training.max_steps == 0

@@ -42,11 +42,11 @@ def text_files(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_config(tiny_source, text_files, tmp_path):
-    """Compose a fast training config; extra Hydra overrides as arguments."""
+def tiny_overrides(tiny_source, text_files, tmp_path):
+    """The `wf train` overrides of a fast training run; extra overrides as arguments."""
 
-    def make(*overrides: str):
-        return compose_train_config([
+    def make(*overrides: str) -> list[str]:
+        return [
             f"model.source={tiny_source}",
             f"data.sources=[{{name: words, path: '{text_files['words']}'}}]",
             f"data.cache_dir={tmp_path / 'cache'}",
@@ -64,6 +64,16 @@ def tiny_config(tiny_source, text_files, tmp_path):
             "logging.tensorboard=false",
             f"run_dir={tmp_path / 'run'}",
             *overrides,
-        ])
+        ]
+
+    return make
+
+
+@pytest.fixture
+def tiny_config(tiny_overrides):
+    """Compose a fast training config; extra Hydra overrides as arguments."""
+
+    def make(*overrides: str):
+        return compose_train_config(tiny_overrides(*overrides))
 
     return make

@@ -293,6 +293,28 @@ def build_bitnet(hf_config, **model_kwargs) -> nn.Module:
     return convert_for_loading(model_cls._from_config(hf_config, **model_kwargs), options)
 
 
+def damaged_weights(shard: Path, err: BaseException) -> UserInputError:
+    """The error for a weights file that does not read back (safetensors' own message names
+    neither the file nor a fix)."""
+    reason = str(err).splitlines()[0][:200]
+    return UserInputError(f"{shard} is damaged ({reason}): the weights file is incomplete or "
+                          "corrupt (e.g. cut short by a kill or a full disk); write the model "
+                          "again (`wf convert`, `wf train`) or restore the file from a copy")
+
+
+def check_safetensors(folder: Path) -> None:
+    """Refuse a model folder whose ``*.safetensors`` do not read back whole, naming the file,
+    before a loader fails with a bare ``SafetensorError``; reads each file's header only."""
+    from safetensors import safe_open
+
+    for shard in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(shard, framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own error types
+            raise damaged_weights(shard, err) from None
+
+
 def load_bitnet(path: str | Path, *, torch_dtype: torch.dtype | None = None, **model_kwargs):
     """Load a model saved by ``save_pretrained`` after :func:`convert_model_to_bitnet`.
 
@@ -327,7 +349,7 @@ def load_bitnet(path: str | Path, *, torch_dtype: torch.dtype | None = None, **m
         try:
             state.update(load_file(shard))
         except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"{shard} is not a readable safetensors file: {err}") from err
+            raise damaged_weights(shard, err) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied]

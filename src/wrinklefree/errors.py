@@ -26,6 +26,11 @@ class UserInputError(ValueError):
     """A failure caused by an input (argument, config value, file) that the user can fix."""
 
 
+class OneLineWarning(UserWarning):
+    """A warning about the user's run or files that ``wf`` prints as one line (``wf <cmd>:
+    warning: ...``): Python's default format adds the warning's source line, noise to a user."""
+
+
 class MissingFieldError(UserInputError, KeyError):
     """A record lacks a required field; also a KeyError for callers that catch that."""
 
@@ -39,6 +44,15 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+def check_positions(tokens: int, limit: int | None, what: str, fix: str,
+                    key: str = "max_position_embeddings") -> None:
+    """Refuse ``tokens`` positions beyond a model's context ``limit`` (its config ``key``): past
+    it positions are extrapolated and the output silently degrades, or the runtime fails."""
+    if limit is not None and tokens > limit:
+        raise UserInputError(f"{what} = {tokens} tokens exceeds the model's context of {limit} "
+                             f"positions ({key}); {fix}")
+
+
 # the OS errors of a write the user can fix, and what to do about each
 _FULL = "free disk space or write to another disk"
 _DENIED = "choose a writable location (or fix its permissions)"
@@ -48,7 +62,9 @@ WRITE_ERRNOS = {errno.ENOSPC: _FULL, errno.EDQUOT: _FULL, errno.EROFS: _DENIED,
 _WRITE_TEXTS = {"No space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC,
                 "Disk quota exceeded": errno.EDQUOT, "Read-only file system": errno.EROFS,
                 "Permission denied": errno.EACCES, "unexpected pos": errno.ENOSPC,
-                "file write failed": errno.ENOSPC}
+                "file write failed": errno.ENOSPC,
+                # numpy's short write (ndarray.tofile, e.g. the GGUF writer) has no errno
+                " requested and ": errno.ENOSPC}
 
 
 def write_failure(err: BaseException) -> tuple[str, str] | None:

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wrinklefree.errors import UserInputError
+from wrinklefree.errors import UserInputError, check_positions
 
+DEFAULT_N_CTX = 2048  # wf chat / wf serve --n-ctx; the least wf generate opens
 INSTALL_HINT = (
     "llama.cpp is not installed: run `WF_WITH_LLAMACPP=1 ./scripts/install.sh` (builds "
     "llama-cpp-python from source, ~10 minutes) or `.venv/bin/pip install -r "
@@ -113,6 +114,21 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def check_gguf(path: str | Path) -> None:
+    """Refuse a path that is not a GGUF file (missing, a folder, another file), naming it, before
+    llama.cpp or a server starts on it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{path} is a folder, not a .gguf file; pass the file `wf export` "
+                             "writes (e.g. `wf export RUN_DIR model.gguf`)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file; export one with `wf export`")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UserInputError(f"{path} is not a GGUF file (it does not start with GGUF's "
+                                 "magic bytes); export one with `wf export`")
+
+
 def available() -> bool:
     """Whether llama-cpp-python is importable."""
     import importlib.util
@@ -120,15 +136,14 @@ def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def load(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+def load(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
          seed: int | None = None, lora: str | Path | None = None, **llama_kwargs):
     """A ``llama_cpp.Llama`` for the GGUF at ``path`` with the LoRA adapter ``lora`` applied at
     scale 1 (quiet; raises with the install hint). ``llama_kwargs`` go to ``Llama`` as they are
     (e.g. ``logits_all``, ``n_batch``)."""
     if not available():
         raise UserInputError(INSTALL_HINT)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such GGUF file; export one with `wf export`")
+    check_gguf(path)
     from llama_cpp import Llama
 
     kwargs: dict[str, Any] = {"model_path": str(path), "n_ctx": n_ctx, "verbose": False,
@@ -141,6 +156,42 @@ def load(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
         return Llama(**kwargs)
     with native_stderr_silenced():
         return Llama(**kwargs, lora_path=str(lora), lora_scale=1.0)
+
+
+CHAT_TEMPLATE_SLACK = 256  # tokens a chat template may wrap around one message
+
+
+def context_for(path: str | Path, prompt: str, max_new_tokens: int, *, chat: bool = False,
+                ) -> int:
+    """The context to open ``path`` with for one generation: :data:`DEFAULT_N_CTX`, more when
+    the prompt's tokens and ``max_new_tokens`` (and room for a chat template) need it, never
+    more than the model's own context (``<arch>.context_length``): a prompt that does not fit
+    is refused with the fix. Reads the vocabulary and metadata only (no weights: ~0.4 s)."""
+    if not available():
+        raise UserInputError(INSTALL_HINT)
+    check_gguf(path)
+    import llama_cpp
+
+    # llama-cpp-python's model wrapper (pinned in requirements-llamacpp.txt): Llama() would
+    # also create a context, and warn about it, for a vocabulary-only load
+    from llama_cpp._internals import LlamaModel
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    vocab = LlamaModel(path_model=str(path), params=params, verbose=False)
+    try:
+        metadata = vocab.metadata()
+        tokens = len(vocab.tokenize(prompt.encode(), add_bos=True, special=True))
+    finally:
+        vocab.close()
+    key = f"{metadata.get('general.architecture')}.context_length"
+    limit = int(metadata[key]) if key in metadata else None
+    check_positions(tokens + max_new_tokens, limit,
+                    f"the prompt ({tokens}) + --max-new-tokens ({max_new_tokens})",
+                    "shorten the prompt or lower --max-new-tokens", key)
+    # room beyond the need: llama-cpp-python decodes past max_tokens to finish a UTF-8 character
+    n_ctx = max(DEFAULT_N_CTX, tokens + max_new_tokens + (CHAT_TEMPLATE_SLACK if chat else 0))
+    return n_ctx if limit is None else min(n_ctx, limit)
 
 
 def generate(llm, prompt: str, sampling: Sampling) -> Iterator[str]:
@@ -188,15 +239,14 @@ def check_loopback(host: str) -> str:
     return host
 
 
-def server_app(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+def server_app(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
                alias: str | None = None, lora: Path | None = None):
     """The OpenAI-compatible FastAPI app of llama-cpp-python's server for one GGUF (and its LoRA
     adapter ``lora``): ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``, streaming
     via SSE."""
     if not available():
         raise UserInputError(INSTALL_HINT)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such GGUF file; export one with `wf export`")
+    check_gguf(path)
     try:
         from llama_cpp.server.app import create_app
         from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -208,10 +258,63 @@ def server_app(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = N
     if n_threads is not None:
         model |= {"n_threads": n_threads, "n_threads_batch": n_threads}
     if lora is None:
-        return create_app(server_settings=ServerSettings(), model_settings=[ModelSettings(**model)])
-    with native_stderr_silenced():  # the app loads the model (and the adapter) here
-        return create_app(server_settings=ServerSettings(),
-                          model_settings=[ModelSettings(**model, lora_path=str(lora))])
+        app = create_app(server_settings=ServerSettings(),
+                         model_settings=[ModelSettings(**model)])
+    else:
+        with native_stderr_silenced():  # the app loads the model (and the adapter) here
+            app = create_app(server_settings=ServerSettings(),
+                             model_settings=[ModelSettings(**model, lora_path=str(lora))])
+    app.add_middleware(JsonObjectBodies)
+    return app
+
+
+def invalid_request(message: str) -> dict[str, Any]:
+    """An OpenAI-style error body (``invalid_request_error``)."""
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                      "code": None}}
+
+
+class JsonObjectBodies:
+    """ASGI middleware: a POST whose body is not a JSON object is answered 400, naming the
+    problem. llama-cpp-python 0.3.36's route handler parses the body again in its own error path
+    and answers malformed JSON with a 500 and a server traceback."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        import json
+
+        from starlette.responses import JSONResponse
+
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:  # requests are small: read the whole body, then hand it on
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False) and message["type"] == "http.request"
+        body = b"".join(chunks)
+        try:
+            parsed = json.loads(body)
+            problem = None if isinstance(parsed, dict) else (
+                f"the request body is a JSON {type(parsed).__name__}, not an object")
+        except ValueError as err:
+            problem = f"the request body is not valid JSON ({err})"
+        if problem is not None:
+            await JSONResponse(invalid_request(problem), status_code=400)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # e.g. http.disconnect while streaming
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def _validation_errors_as_422() -> None:
@@ -237,13 +340,36 @@ def _validation_errors_as_422() -> None:
     RouteErrorHandler.error_message_wrapper = wrapper
 
 
-def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, n_ctx: int = 2048,
-          n_threads: int | None = None, lora: Path | None = None) -> None:
-    """Serve one GGUF over HTTP on ``host:port`` (loopback only) until interrupted."""
-    check_loopback(host)
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, before the model loads (uvicorn would exit
+    with only its errno line)."""
+    import errno
+    import socket
+
     if not 0 < port < 65536:
         raise UserInputError(f"--port must be in 1..65535, got {port}")
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            raise UserInputError(f"--port {port}: {host}:{port} is already in use; pass another "
+                                 "--port, or stop the process listening there") from None
+
+
+def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
+          n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
+          lora: Path | None = None) -> None:
+    """Serve one GGUF over HTTP on ``host:port`` (loopback only) until interrupted. Everything
+    is checked (address, port, file, model) before the "serving" line is printed."""
+    check_loopback(host)
+    check_port_free(host, port)
     app = server_app(path, n_ctx=n_ctx, n_threads=n_threads, lora=lora)
     import uvicorn
 
+    print(f"serving {path} on http://{host}:{port}/v1 (OpenAI API; Ctrl-C stops)",
+          file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from wrinklefree import assets
-from wrinklefree.convert import load_bitnet
-from wrinklefree.errors import UserInputError
+from wrinklefree.convert import check_safetensors, load_bitnet
+from wrinklefree.errors import UserInputError, check_positions
 from wrinklefree.nn.surgery import bitnet_config_of
 
 EMBEDDED = "smollm2"
@@ -173,6 +173,8 @@ def load_model(
     if src == EMBEDDED:
         src = str(_cached_embedded())
     gguf = _resolve_gguf(src)
+    if Path(src).is_dir():
+        check_safetensors(Path(src))
     if gguf is not None:
         model = auto.from_pretrained(gguf[0], gguf_file=gguf[1], **kwargs)
         model = _plain_copy(model, dtype)
@@ -187,6 +189,4 @@ def check_context(model: nn.Module, tokens: int, what: str, fix: str) -> None:
     """Refuse ``tokens`` positions beyond the model's ``max_position_embeddings``: past it the
     position embeddings are extrapolated and the output silently degrades."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit is not None and tokens > limit:
-        raise UserInputError(f"{what} = {tokens} tokens exceeds the model's context of {limit} "
-                             f"positions (max_position_embeddings); {fix}")
+    check_positions(tokens, limit, what, fix)

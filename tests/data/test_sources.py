@@ -144,3 +144,18 @@ def test_missing_field_message_is_not_quoted(tmp_path):
     with pytest.raises(KeyError) as info:
         list(_jsonl_documents(rows, "text"))
     assert str(info.value).startswith(f"{rows}:1 has no field 'text'")
+
+
+def test_the_missing_field_fix_is_an_override_that_works(tmp_path):
+    """Issue 31 item 10: the message's override sets the key as is (no `+`), as the docs say."""
+    from wrinklefree.train.compose import compose_train_config
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"body": "x", "id": 1}) + "\n")
+    with pytest.raises(KeyError) as info:
+        list(iter_documents(SourceConfig(name="r", path=str(rows))))
+    fix = "data.sources.0.text_field=body"
+    assert f"set the source's text_field, e.g. {fix} (0: the source's position" in str(info.value)
+    config = compose_train_config(["data=local_files", f"data.sources.0.path={rows}", fix])
+    assert config.data.sources[0].text_field == "body"
+    assert list(iter_documents(SourceConfig(name="r", path=str(rows), text_field="body"))) == ["x"]

@@ -189,3 +189,65 @@ def test_server_answers_concurrent_requests_in_bounded_time(server):
     # tiny tokenizer: up to 3 more) and counts one more token when it stops on length
     assert all(0 < c <= 8 + 4 for c in counts), counts
     assert time.monotonic() - start < 120
+
+
+def test_generate_gguf_opens_the_context_the_prompt_needs(tmp_path, capsys):
+    folder = save_tiny(tmp_path / "model", max_position_embeddings=4096)
+    path = tmp_path / "long.gguf"
+    export_gguf(load_model(str(folder)), path, folder)
+    # > 2048 tokens (the old fixed context); the random model's greedy reply to it is plain ASCII
+    prompt = "In the beginning God created the heaven and the earth. " * 184
+    n_prompt = len(AutoTokenizer.from_pretrained(folder)(prompt)["input_ids"])
+    assert 2048 < n_prompt < 4096 - 4
+    main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "4"])
+    assert "llama.cpp]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", str(path), "--prompt", prompt * 2, "--max-new-tokens", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wf generate: error: the prompt (")
+    assert err.endswith("exceeds the model's context of 4096 positions (bitnet.context_length); "
+                        "shorten the prompt or lower --max-new-tokens")
+
+
+def _post_raw(url: str, data: bytes):
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=60)
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    (b'{"prompt": "x", "max_tokens": 4', "not valid JSON"),
+    (b'["a", "list"]', "a JSON list, not an object"),
+])
+def test_server_answers_a_malformed_body_with_400(server, body, problem):
+    with pytest.raises(urllib.error.HTTPError) as info:
+        _post_raw(server + "/v1/completions", body)
+    assert info.value.code == 400
+    error = json.loads(info.value.read())["error"]
+    assert error["type"] == "invalid_request_error" and problem in error["message"]
+    with _post(server + "/v1/completions", {"prompt": "x", "max_tokens": 2}) as r:
+        assert r.status == 200  # the server goes on
+
+
+def test_serve_refuses_before_it_says_it_serves(chat_gguf, tmp_path, capsys):
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = {
+            "--host 0.0.0.0": ([str(chat_gguf), "--host", "0.0.0.0"], "loopback addresses only"),
+            "a run folder": ([str(tmp_path)], f"{tmp_path} is a folder, not a .gguf file"),
+            "another file": ([str(not_gguf)], f"{not_gguf} is not a GGUF file"),
+            "a busy port": ([str(chat_gguf), "--port", str(port)],
+                            f"--port {port}: 127.0.0.1:{port} is already in use; pass another "
+                            "--port"),
+        }
+        for case, (argv, message) in cases.items():
+            with pytest.raises(SystemExit) as exit_info:
+                main(["serve", *argv])
+            assert exit_info.value.code == 2, case
+            err = capsys.readouterr().err.strip()
+            assert "serving" not in err and len(err.splitlines()) == 1, (case, err)
+            assert err.startswith("wf serve: error: ") and message in err, (case, err)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from wrinklefree.allocator import keep_freed_memory
 from wrinklefree.cli.decode import chat_parser, generate_parser, serve_parser
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="wrinklefree: turn a Hugging Face causal LM into a 1.58-bit BitNet model, "
         "train it, export it, run it.",
     )
+    parser.add_argument("--version", action="version", version=f"wf {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (convert_parser, info_parser, train_parser, bench_parser, plot_parser,
                 generate_parser, chat_parser, serve_parser, export_parser, eval_parser):
@@ -34,10 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def package_version() -> str:
+    """The installed wrinklefree version (``wf --version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wrinklefree")
+    except PackageNotFoundError:
+        return "(version unknown: not installed; pip install -e .)"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = one_line_warnings(args.command)
     keep_freed_memory()
     try:
         args.func(args)
@@ -47,6 +60,23 @@ def main(argv: list[str] | None = None) -> None:
             raise  # a bug, not a bad input: keep the traceback
         print(f"wf {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from err
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
+def one_line_warnings(command: str):
+    """A ``warnings.formatwarning`` that prints wrinklefree's own warnings about the user's run
+    (:class:`~wrinklefree.errors.OneLineWarning`) as ``wf <cmd>: warning: ...``, like errors;
+    any other warning keeps Python's format (its source line helps whoever reports it)."""
+    from wrinklefree.errors import OneLineWarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, OneLineWarning):
+            return f"wf {command}: warning: {message}\n"
+        return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+    return format_warning
 
 
 def expected_failure(err: BaseException, args: argparse.Namespace) -> str | None:

@@ -168,9 +168,10 @@ def _generate_llamacpp(args: argparse.Namespace, sampling) -> None:
     if not llamacpp.available():
         raise ValueError(f"{args.src}: {llamacpp.INSTALL_HINT}; or pass --backend torch to "
                          "dequantize a llama-architecture GGUF into PyTorch (slow)")
-    llm = llamacpp.load(args.src, n_threads=args.threads, seed=args.seed,
-                        lora=_adapter(args))
     prompt = sys.stdin.read() if args.prompt is None else args.prompt
+    n_ctx = llamacpp.context_for(args.src, prompt, args.max_new_tokens, chat=args.chat)
+    llm = llamacpp.load(args.src, n_ctx=n_ctx, n_threads=args.threads, seed=args.seed,
+                        lora=_adapter(args))
     if args.chat:
         pieces = llamacpp.chat_reply(llm, [{"role": "user", "content": prompt}], sampling)
     else:
@@ -289,8 +290,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from wrinklefree.llamacpp import serve
 
     lora = _adapter(args)
-    print(f"serving {args.src} on http://{args.host}:{args.port}/v1 (OpenAI API; Ctrl-C stops)",
-          file=sys.stderr, flush=True)
     serve(args.src, host=args.host, port=args.port, n_ctx=args.n_ctx, n_threads=args.threads,
           lora=lora)
 

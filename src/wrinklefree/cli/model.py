@@ -83,7 +83,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from wrinklefree.export.size import format_storage
     from wrinklefree.llamacpp import adapter_path
 
-    result = export_model(args.src, args.out, args.format, _gguf_options(args))
+    result = export_model(args.src, args.out, args.format, _gguf_options(args),
+                          overwrite=args.overwrite)
     print(f"exported {args.src} -> {args.out} ({args.format})")
     if args.format == "gguf" and adapter_path(args.out).is_file():
         print(f"LRC correction -> {adapter_path(args.out)} (llama.cpp LoRA adapter; wf generate, "
@@ -145,6 +146,9 @@ def export_parser(sub) -> None:
     p.add_argument("src", help="model folder written by `wf convert`, or a run folder (final/)")
     p.add_argument("out", help="output: a .gguf file (--format gguf) or a folder (--format hf)")
     p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT (refused otherwise); the old export stays "
+                   "until the new one is complete")
     add_gguf_flags(p)
     p.set_defaults(func=cmd_export)
 

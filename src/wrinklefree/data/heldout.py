@@ -19,11 +19,17 @@ from __future__ import annotations
 import torch
 
 from wrinklefree import assets
+from wrinklefree.errors import UserInputError
 
 HELDOUT_EVERY = 25  # 4 % of the ASV: ~39k tokens, >= 64 x 128-token test windows after validation
 VALIDATION_EVERY = 4  # of a domain's held-out documents, every 4th is validation, the rest test
 SPLITS = ("validation", "test")
 REPORT_WINDOWS = 64  # test windows per domain that reports score (x 128 tokens: ~8k tokens each)
+
+
+class TextTooShortError(UserInputError):
+    """A text without one whole window of the asked length; the caller names the setting (the
+    window length of ``wf train`` or ``wf eval``) and its fix."""
 
 
 def asv_split() -> tuple[list[str], list[str]]:
@@ -48,7 +54,8 @@ def token_windows(
             break
     n = len(ids) // seq_len if num_windows is None else min(num_windows, len(ids) // seq_len)
     if n == 0:
-        raise ValueError(f"not enough text for one window of {seq_len} tokens")
+        raise TextTooShortError(f"not enough text for one window of {seq_len} tokens (the text "
+                                f"has {len(ids)})")
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 

@@ -24,7 +24,7 @@ from wrinklefree.data.config import DataConfig
 from wrinklefree.data.heldout import domain_documents, token_windows
 from wrinklefree.data.identity import tokenizer_fingerprint
 from wrinklefree.data.packing import collate, eos_id, make_window
-from wrinklefree.data.readers import ShuffledReader, StreamReader, make_reader
+from wrinklefree.data.readers import ShuffledReader, StreamReader, make_reader, no_documents
 
 STATE_VERSION = 1
 HISTORY_WINDOWS = 4096  # how far back state_dict(windows=...) can rewind
@@ -189,7 +189,7 @@ def build_train_stream(config: DataConfig, tokenizer, rank: int = 0,
     for source in config.sources:
         store = TokenStore(source, tokenizer, config.cache_path, config.shard_docs, fingerprint)
         if not store.streaming and store.prepare() == 0:
-            raise ValueError(f"source '{source.name}' has no documents")
+            raise no_documents(source)
         readers[source.name] = make_reader(
             source.name, store, config.seq_len, config.seed, rank, world_size)
     weights = {s.name: s.weight for s in config.sources}

@@ -16,6 +16,14 @@ import zlib
 import numpy as np
 
 from wrinklefree.data.cache import TokenStore
+from wrinklefree.errors import UserInputError
+
+
+def no_documents(source) -> UserInputError:
+    """The error for a source without text (an empty file, say), naming where it reads from."""
+    where = source.path or source.hf_name or source.kind
+    return UserInputError(f"source '{source.name}' ({where}) has no documents: it holds no text; "
+                          "add text to it, or drop it from data.sources")
 
 
 def _check_key(name: str, state: dict, store: TokenStore) -> None:
@@ -33,10 +41,11 @@ class ShuffledReader:
     def __init__(self, name: str, store: TokenStore, seq_len: int, seed: int,
                  rank: int = 0, world_size: int = 1):
         if store.num_tokens < seq_len * world_size:
-            raise ValueError(
-                f"source '{name}' has {store.num_tokens} tokens, fewer than seq_len * world_size "
-                f"= {seq_len * world_size}; add text or shorten seq_len"
-            )
+            where = store.source.path or store.source.hf_name or store.source.kind
+            raise UserInputError(
+                f"source '{name}' ({where}) has {store.num_tokens} tokens, fewer than one window "
+                f"of data.seq_len={seq_len} per rank ({world_size}); add text to it or lower "
+                "data.seq_len")
         self.name, self.store, self.seq_len, self.seed = name, store, seq_len, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = self.index = 0  # index: windows of this epoch taken by all ranks together
@@ -101,7 +110,7 @@ class StreamReader:
             tokens = self.store.shard(self.index)
             if tokens is None:
                 if self.index == 0:
-                    raise ValueError(f"source '{self.name}' has no documents")
+                    raise no_documents(self.store.source)
                 self.epoch, self.index, self.offset = self.epoch + 1, 0, 0
                 tokens = self.store.shard(0)
             self._loaded = (self.index, tokens)

@@ -19,7 +19,7 @@ from wrinklefree import assets
 from wrinklefree.data import overlap
 from wrinklefree.data.config import SourceConfig
 from wrinklefree.data.heldout import asv_split
-from wrinklefree.errors import MissingFieldError, UserInputError
+from wrinklefree.errors import MissingFieldError, UserInputError, did_you_mean
 
 EXTENSIONS = {
     ".txt": "text", ".text": "text", ".md": "text",
@@ -98,7 +98,7 @@ def file_format(path: Path, declared: str) -> str:
     return EXTENSIONS[path.suffix]
 
 
-def _read_utf8(data: bytes, path: Path, first_line: int = 1) -> str:
+def read_utf8(data: bytes, path: Path, first_line: int = 1) -> str:
     """``data`` decoded; invalid UTF-8 is an error naming the file and line."""
     try:
         return data.decode("utf-8")
@@ -106,18 +106,27 @@ def _read_utf8(data: bytes, path: Path, first_line: int = 1) -> str:
         line = first_line + data[: err.start].count(b"\n")
         raise UserInputError(
             f"{path}:{line} is not valid UTF-8 ({err.reason}); convert the file to UTF-8 "
-            "(e.g. iconv -f latin1 -t utf-8) or leave it out of the source"
+            "(e.g. iconv -f latin1 -t utf-8) or leave it out"
         ) from err
 
 
 def _text_documents(path: Path) -> Iterator[str]:
-    yield from re.split(r"\n\s*\n", _read_utf8(path.read_bytes(), path))
+    yield from re.split(r"\n\s*\n", read_utf8(path.read_bytes(), path))
+
+
+def missing_text_field(where: str, field: str, fields: list[str]) -> MissingFieldError:
+    """The error for documents without the source's ``text_field``, with the override that sets
+    it (a per-source key: no ``+`` needed)."""
+    example = did_you_mean(field, fields).split("'")[1:2] or fields[:1] or ["FIELD"]
+    return MissingFieldError(
+        f"{where} has no field {field!r} (fields: {fields}); set the source's text_field, e.g. "
+        f"data.sources.0.text_field={example[0]} (0: the source's position in data.sources)")
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
     with path.open("rb") as f:  # line by line: a .jsonl file can be larger than memory
         for lineno, raw in enumerate(f, 1):
-            line = _read_utf8(raw, path, lineno)
+            line = read_utf8(raw, path, lineno)
             if line.strip():
                 yield _jsonl_text(line, path, lineno, field)
 
@@ -135,10 +144,7 @@ def _jsonl_text(line: str, path: Path, lineno: int, field: str) -> str:
         raise UserInputError(f"{path}:{lineno} is a JSON {type(row).__name__}, not an object "
                              f"with a {field!r} field")
     if field not in row:
-        raise MissingFieldError(
-            f"{path}:{lineno} has no field {field!r} (fields: {sorted(row)}); set text_field "
-            "on the source"
-        )
+        raise missing_text_field(f"{path}:{lineno}", field, sorted(row))
     return row[field]
 
 
@@ -147,10 +153,7 @@ def _parquet_documents(path: Path, field: str) -> Iterator[str]:
 
     table = pq.ParquetFile(path)
     if field not in table.schema_arrow.names:
-        raise KeyError(
-            f"{path} has no column {field!r} (columns: {table.schema_arrow.names}); set "
-            "text_field on the source"
-        )
+        raise missing_text_field(str(path), field, table.schema_arrow.names)
     for batch in table.iter_batches(columns=[field], batch_size=1024):
         yield from batch.column(0).to_pylist()
 
@@ -163,10 +166,7 @@ def _hf_documents(source: SourceConfig) -> Iterator[str]:
     )
     for row in ds:
         if source.text_field not in row:
-            raise KeyError(
-                f"dataset {source.hf_name!r} has no field {source.text_field!r} "
-                f"(fields: {sorted(row)}); set text_field on the source"
-            )
+            raise missing_text_field(f"dataset {source.hf_name!r}", source.text_field, sorted(row))
         yield row[source.text_field]
 
 

@@ -19,6 +19,7 @@ from wrinklefree.eval.perplexity import (
     eval_windows,
     mean_nll,
     require_windows,
+    seq_len_named,
     windows_per_batch,
 )
 from wrinklefree.generate import load_for_generation, mask_token_id_of
@@ -86,7 +87,8 @@ def likelihood_rows(
         if domain == "text":
             windows = eval_windows(tokenizer, seq_len, num_windows, text)
         else:
-            windows = domain_windows(tokenizer, seq_len, num_windows, (domain,))[domain]
+            with seq_len_named(seq_len):
+                windows = domain_windows(tokenizer, seq_len, num_windows, (domain,))[domain]
             require_windows(windows, num_windows, seq_len)
         if elbo and mask_id is not None:
             kind = "dlm-elbo"

@@ -12,7 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from wrinklefree.data.heldout import REPORT_WINDOWS, heldout_windows, token_windows
+from wrinklefree.data.heldout import (
+    REPORT_WINDOWS,
+    TextTooShortError,
+    heldout_windows,
+    token_windows,
+)
+from wrinklefree.data.sources import read_utf8
 from wrinklefree.errors import UserInputError
 
 
@@ -25,14 +31,30 @@ def eval_windows(
     Models that share a tokenizer get identical windows, so their numbers compare.
     """
     if text is None:
-        windows = heldout_windows(tokenizer, seq_len, num_windows)
+        with seq_len_named(seq_len):
+            windows = heldout_windows(tokenizer, seq_len, num_windows)
         return require_windows(windows, num_windows, seq_len)
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"--text {path} does not exist; pass a UTF-8 text file")
-    documents = [d for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    return require_windows(token_windows(tokenizer, documents, seq_len, num_windows), num_windows,
-                   seq_len)
+    # documents split on blank lines, as `wf train` reads a text source (same UTF-8 message)
+    documents = [d for d in read_utf8(path.read_bytes(), path).split("\n\n") if d.strip()]
+    if not documents:
+        raise UserInputError(f"--text {path} holds no text; pass a UTF-8 text file with "
+                             "documents separated by blank lines")
+    with seq_len_named(seq_len, f" or a longer --text than {path}"):
+        windows = token_windows(tokenizer, documents, seq_len, num_windows)
+    return require_windows(windows, num_windows, seq_len)
+
+
+@contextlib.contextmanager
+def seq_len_named(seq_len: int, longer: str = "") -> Iterator[None]:
+    """Name --seq-len and its fix when the text has no window of that length."""
+    try:
+        yield
+    except TextTooShortError as err:
+        raise UserInputError(f"--seq-len {seq_len}: {err}; pass a shorter --seq-len{longer}"
+                             ) from None
 
 
 # tokens per forward when scoring: 16 windows of 128 (1.5-2x faster than 4 on 2 shared cores,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wrinklefree.errors import UserInputError
 from wrinklefree.export.gguf import GGUFOptions
 from wrinklefree.nn.ternary import check_exportable, ternary_state
 from wrinklefree.quant.packing import (
@@ -34,14 +35,26 @@ def resolve_model_dir(src: str | Path) -> Path:
     return path
 
 
+def check_output(out: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an earlier export (a file, or a folder with files) unless asked to:
+    ``wf export`` used to overwrite one silently."""
+    path = Path(out)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    raise UserInputError(f"{out} already exists; choose another output path, or replace it with "
+                         "--overwrite (overwrite=True in Python; the old export stays until the "
+                         "new one is complete)")
+
+
 def export_model(src: str | Path, out: str | Path, fmt: str = "gguf",
-                 options: GGUFOptions | None = None) -> dict:
+                 options: GGUFOptions | None = None, *, overwrite: bool = False) -> dict:
     """Load a converted model folder (or run folder) and write it as ``fmt`` to ``out``.
 
     Returns ``{"tensors": {name: (storage type, bytes)}, "storage": report}``: the written
     tensors of every file and, for GGUF, :func:`wrinklefree.export.size.storage_report` of the
     export (bits per decoder-linear weight, bytes by part). ``options`` (GGUF storage types)
-    apply to GGUF.
+    apply to GGUF. An existing ``out`` is replaced only with ``overwrite``, and only once the new
+    export is whole.
     """
     from dataclasses import asdict
 
@@ -49,6 +62,7 @@ def export_model(src: str | Path, out: str | Path, fmt: str = "gguf",
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose one of {FORMATS}")
+    check_output(out, overwrite)
     folder = resolve_model_dir(src)
     model = load_model(str(folder))
     if fmt == "gguf":

@@ -27,6 +27,7 @@ read the same plan.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import tempfile
@@ -49,6 +50,7 @@ from wrinklefree.export.blocks import (
     encode_q8_0_ternary,
 )
 from wrinklefree.export.vocab import add_tokenizer
+from wrinklefree.files import staged_file
 from wrinklefree.llamacpp import adapter_path
 from wrinklefree.nn import BitLinear, BitLinearLRC
 from wrinklefree.nn.ternary import (
@@ -541,25 +543,32 @@ def export_gguf(
         if encoded[t.name].nbytes != t.nbytes:  # the plan is what the size report counts
             raise AssertionError(f"{t.name}: planned {t.nbytes} bytes, encoded "
                                  f"{encoded[t.name].nbytes}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     name = name or out.stem
-    _write(_model_writer(out, model, plan.arch, opts, name, tokenizer_dir), plan.tensors, encoded)
     lora = adapter_path(out)
-    if plan.adapter:
-        _write(_adapter_writer(lora, plan.arch, name), plan.adapter, encoded)
-    elif lora.is_file():  # an older export's correction must not load with this model
+    # both files written beside their targets and renamed once both are whole: a full disk
+    # keeps an earlier export (model and adapter alike), never a truncated or mismatched pair
+    with contextlib.ExitStack() as staging:
+        staged = staging.enter_context(staged_file(out))
+        _write(_model_writer(staged, model, plan.arch, opts, name, tokenizer_dir), plan.tensors,
+               encoded)
+        if plan.adapter:
+            staged_lora = staging.enter_context(staged_file(lora))
+            _write(_adapter_writer(staged_lora, plan.arch, name), plan.adapter, encoded)
+    if not plan.adapter and lora.is_file():  # an older export's correction must not load
         lora.unlink()
     return {t.name: (t.type_name, t.nbytes) for t in [*plan.tensors, *plan.adapter]}
 
 
 def _write(writer: gguf.GGUFWriter, tensors: list[PlannedTensor],
            encoded: dict[str, np.ndarray]) -> None:
-    for t in tensors:
-        _add_tensor(writer, t.name, encoded[t.name], t.type_name)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        for t in tensors:
+            _add_tensor(writer, t.name, encoded[t.name], t.type_name)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
 
 
 def _add_tensor(writer: gguf.GGUFWriter, name: str, array: np.ndarray, type_name: str) -> None:

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from wrinklefree.block_diffusion import BLOCK_SIZE_KEY
 from wrinklefree.errors import UserInputError
+from wrinklefree.files import staged_folder
 from wrinklefree.nn import BitLinearLRC
 from wrinklefree.nn.surgery import CONFIG_KEY
 from wrinklefree.nn.ternary import (
@@ -173,13 +174,13 @@ def export_hf(model: nn.Module, out: str | Path, tokenizer_dir: str | Path | Non
             key = next((key.replace(a, b) for a, b in SUBLN_RENAMES.items() if key.endswith(a)),
                        key)
         state[key] = tensor.detach().float().contiguous()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-    _hf_config(model, bitnet_class, keep).save_pretrained(out)
-    if getattr(model, "generation_config", None) is not None:  # e.g. a trained repetition penalty
-        model.generation_config.save_pretrained(out)
-    if tokenizer_dir is not None:
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    # written beside `out`, moved in once whole: a full disk keeps an earlier export's files
+    with staged_folder(out) as staged:
+        save_file(state, staged / "model.safetensors", metadata={"format": "pt"})
+        _hf_config(model, bitnet_class, keep).save_pretrained(staged)
+        if getattr(model, "generation_config", None) is not None:  # e.g. a trained penalty
+            model.generation_config.save_pretrained(staged)
+        if tokenizer_dir is not None:
+            AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(staged)
     return {k: (str(v.dtype).removeprefix("torch."), v.numel() * v.element_size())
             for k, v in state.items()}

@@ -22,6 +22,10 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from wrinklefree.errors import OneLineWarning, UserInputError
+from wrinklefree.files import staged_file
 
 # what a finished or started run leaves in its folder (a rerun must not silently mix with it)
 RUN_MARKERS = ("checkpoints", "final", "report.json")
@@ -51,7 +55,7 @@ def refuse_or_clear_existing_run(run_dir: Path, resume: str | None, overwrite: b
     if not found:
         return
     if not overwrite:
-        raise FileExistsError(
+        raise UserInputError(
             f"run_dir {run_dir} already holds a run ({', '.join(found)}): continue it with "
             f"resume=auto, start a new one with a different run_dir=..., or replace it with "
             f"overwrite=true")
@@ -94,6 +98,8 @@ class RunLock:
         self.path = run_dir / LOCK_NAME
         self.owner = {"pid": os.getpid(), "host": socket.gethostname(),
                       "start": _process_start(os.getpid())}
+        # the folders this launch creates, deepest first: removed again if it leaves them empty
+        self.created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,10 +125,11 @@ class RunLock:
         pid, host = holder.get("pid"), holder.get("host")
         if host == self.owner["host"] and isinstance(pid, int) and not self._holds(holder):
             warnings.warn(f"taking over the stale lock {self.path} of process {pid}, which is no "
-                          "longer running (the previous run was killed)", stacklevel=3)
+                          "longer running (the previous run was killed)", OneLineWarning,
+                          stacklevel=2)
             self.path.unlink(missing_ok=True)
             return
-        raise RuntimeError(
+        raise UserInputError(
             f"run_dir {self.path.parent} is in use by another `wf train` (pid {pid} on host "
             f"{host}): wait for it to finish or use a different run_dir=...; if no such run is "
             f"alive, delete {self.path}")
@@ -141,23 +148,14 @@ class RunLock:
                 self.path.unlink()
         except (OSError, ValueError):
             pass
+        for folder in self.created:  # a failed launch leaves no empty run folder behind
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote into it) or gone: keep the rest
+                break
 
 
 # ---- atomic checkpoints -------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _drop_from_page_cache(fd: int) -> None:
     """Tell the kernel the (fsynced) file's pages will not be read again by this process.
 
@@ -174,32 +172,13 @@ def _drop_from_page_cache(fd: int) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    Same folder = same filesystem, so the rename is atomic: readers see the old file or the whole
-    new one, never a part. A failure (disk full, an exception) removes the temporary file; a kill
-    leaves only a hidden ``.*.tmp`` beside it, never a partial ``path`` or a copy in ``$TMPDIR``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(staged, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-            _drop_from_page_cache(f.fileno())
-        os.replace(staged, path)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_orphans(folder: Path) -> None:
-    """Delete the temporary files of saves that were killed (call it holding the run lock)."""
-    for staged in folder.glob(".*.tmp"):
-        staged.unlink(missing_ok=True)
+    """``torch.save`` staged beside ``path`` and renamed over it (:func:`staged_file`): a full
+    disk or a kill never leaves a partial ``path`` or a copy in ``$TMPDIR``."""
+    with staged_file(path) as staged, open(staged, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+        _drop_from_page_cache(f.fileno())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -216,6 +195,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's periodic checkpoints, except the last step's: that one waits for
+    :meth:`save_last_step`, which the trainer calls once ``final/`` is written. Why: a checkpoint
+    (weights and optimizer state, ~3x ``final/``) that fills the disk must not cost the run its
+    model; written after ``final/``, it fails alone and the earlier checkpoints stay."""
+
+    def _should_skip_saving_checkpoint(self, trainer) -> bool:
+        # every hook that saves (batch end, validation end, epoch end) asks this first
+        return (trainer.global_step >= trainer.max_steps
+                or super()._should_skip_saving_checkpoint(trainer))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Nothing: Lightning would write last.ckpt here, before ``final/``."""
+
+    def save_last_step(self, trainer) -> None:
+        """Save the last step's checkpoint and point ``last.ckpt`` at it, as the periodic save
+        would have (keep_last pruning included). Collective: every rank calls it."""
+        if self._last_global_step_saved == trainer.global_step:
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
 
 
 def is_intact(path: Path) -> bool:
@@ -247,9 +250,9 @@ def latest_intact_checkpoint(folder: Path) -> Path | None:
         if is_intact(path):
             return path
         warnings.warn(f"checkpoint {path} is damaged (incomplete or corrupt); skipping it",
-                      stacklevel=2)
+                      OneLineWarning, stacklevel=2)
     if candidates:
-        raise RuntimeError(f"no intact checkpoint in {folder} (tried "
+        raise UserInputError(f"no intact checkpoint in {folder} (tried "
                            f"{', '.join(p.name for p in candidates)}): start over with "
                            "overwrite=true or give resume=path/to/a/good.ckpt")
     return None

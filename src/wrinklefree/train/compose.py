@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from wrinklefree.errors import UserInputError
+from wrinklefree.errors import UserInputError, did_you_mean
 
 
 def config_dir() -> Path:
@@ -43,9 +43,20 @@ def check_override_keys(overrides: list[str]) -> None:
     groups = config_groups()
     for override in parsed:
         key = override.key_or_group
+        if key in groups and override.is_delete() is False:
+            check_preset(key, override.value())
         if key in groups or key.split(".")[0] == "hydra":
             continue
         check_override_key(key, groups)
+
+
+def check_preset(group: str, name) -> None:
+    """Refuse a preset that ``configs/<group>/`` lacks, listing the presets and naming the
+    closest (Hydra says only "Could not find 'training/demoo'")."""
+    presets = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    if isinstance(name, str) and name not in presets:
+        raise UserInputError(f"unknown {group} preset '{name}'{did_you_mean(name, presets)} "
+                             f"(available: {', '.join(presets)})")
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:

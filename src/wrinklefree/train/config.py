@@ -312,11 +312,16 @@ def missing_keys(container: Any, prefix: str = "") -> Iterator[str]:
             yield from missing_keys(value, f"{prefix}{key}.")
 
 
-def check_resume_checkpoint(path: Path) -> None:
-    """Refuse an explicit ``resume=`` file that is not a checkpoint this trainer wrote, before
-    the model loads: it is opened with ``weights_only=True`` (a malicious pickle cannot run) and
-    must hold Lightning's ``state_dict`` and ``loops``. Folders (sharded FSDP checkpoints) and
-    missing files are left to the trainer, which reports them."""
+RESUME_FIX = "pass a .ckpt from a run's checkpoints/ folder, or resume=auto"
+
+
+def check_resume_checkpoint(path: Path, what: str | None = None, fix: str = RESUME_FIX) -> None:
+    """Refuse a checkpoint to resume from (``what``, default ``resume=<path>``) that this trainer
+    did not write, before the model loads or anything is written: it is opened with
+    ``weights_only=True`` (a malicious pickle cannot run, and torch's advice to load it unsafely
+    is never shown) and must hold Lightning's ``state_dict`` and ``loops``. Folders (sharded FSDP
+    checkpoints) and missing files are left to the trainer, which reports them."""
+    what = what or f"resume={path}"
     if not path.is_file():
         return
     import zipfile
@@ -331,15 +336,12 @@ def check_resume_checkpoint(path: Path) -> None:
         reason = str(err).splitlines()[0][:200]
         if reason.startswith("Weights only load failed"):
             reason = "it holds Python objects beyond tensors and plain data; not unpickled"
+        # from None: torch's own message advises loading the file unsafely (weights_only=False)
         raise UserInputError(
-            f"resume={path} is not a wrinklefree/Lightning checkpoint ({reason}); pass a .ckpt "
-            "from a run's checkpoints/ folder, or resume=auto"
-        ) from err
+            f"{what} is not a wrinklefree/Lightning checkpoint ({reason}); {fix}") from None
     if not isinstance(state, dict) or not {"state_dict", "loops"} <= set(state):
         raise UserInputError(
-            f"resume={path} is not a wrinklefree/Lightning checkpoint (no state_dict/loops); "
-            "pass a .ckpt from a run's checkpoints/ folder, or resume=auto"
-        )
+            f"{what} is not a wrinklefree/Lightning checkpoint (no state_dict/loops); {fix}")
 
 
 SECRET_KEY = re.compile(r"(^|_)(api_key|token|secret|password)$", re.IGNORECASE)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +23,37 @@ from omegaconf import DictConfig, OmegaConf
 from wrinklefree.block_diffusion import record_block_size
 from wrinklefree.convert import convert_model_to_bitnet
 from wrinklefree.data.config import DataConfig
-from wrinklefree.data.heldout import domain_windows
+from wrinklefree.data.heldout import TextTooShortError, domain_windows
 from wrinklefree.data.influence import InfluenceRemixer, build_probe_batch
 from wrinklefree.data.mixture import build_train_stream, build_val_windows
 from wrinklefree.data.packing import collate
 from wrinklefree.data.sources import source_files
-from wrinklefree.errors import UserInputError
+from wrinklefree.errors import OneLineWarning, UserInputError, write_failure
 from wrinklefree.eval.report import evaluate_model, format_report, ratios_to_teacher
 from wrinklefree.export.size import storage_report
-from wrinklefree.models import load_model, load_tokenizer
+from wrinklefree.files import remove_orphans, staged_file
+from wrinklefree.models import check_context, load_model, load_tokenizer
 from wrinklefree.nn import bitnet_config_of, set_quant_lambda
 from wrinklefree.objectives import add_mask_token, create_objective_manager
 from wrinklefree.teacher import Teacher
 from wrinklefree.train.checkpoint import (
     AtomicCheckpointIO,
+    RunCheckpoint,
     RunLock,
     latest_intact_checkpoint,
     refuse_or_clear_existing_run,
-    remove_orphans,
 )
-from wrinklefree.train.config import scrub_secrets, validate
+from wrinklefree.train.config import check_resume_checkpoint, validate
 from wrinklefree.train.module import BitNetModule, StreamBatches
 from wrinklefree.train.reconstruct import reconstruct_layers
+from wrinklefree.train.resume import (
+    CONFIG_NAME,
+    REPORT_NAME,
+    check_resumed_config,
+    config_record,
+    finished_steps,
+    rows_before_training,
+)
 from wrinklefree.train.scale import gathered_student, is_sharded
 
 log = logging.getLogger("wrinklefree.train")
@@ -130,7 +140,8 @@ def wandb_logger_or_none(project: str, run_dir: Path):
         import wandb  # noqa: F401
     except ImportError:
         warnings.warn("wandb logging was requested but the wandb package is not installed; "
-                      "logging locally only (CSV + TensorBoard)", stacklevel=2)
+                      "logging locally only (CSV + TensorBoard)", OneLineWarning,
+                      stacklevel=2)
         return None
     offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled")
     if not offline and not os.environ.get("WANDB_API_KEY"):
@@ -142,7 +153,8 @@ def wandb_logger_or_none(project: str, run_dir: Path):
 
         return WandbLogger(project=project, save_dir=str(run_dir), offline=offline)
     except Exception as err:  # any wandb start-up failure must not stop training
-        warnings.warn(f"wandb could not start ({err}); logging locally only", stacklevel=2)
+        warnings.warn(f"wandb could not start ({err}); logging locally only", OneLineWarning,
+                      stacklevel=2)
         return None
 
 
@@ -153,6 +165,10 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         return None
     if cfg.resume == "auto":
         found = latest_intact_checkpoint(run_dir / "checkpoints")
+        if found is not None:
+            check_resume_checkpoint(found, f"resume=auto: {found}",
+                                    "delete it to continue from an earlier checkpoint, or start "
+                                    "over with overwrite=true")
         return None if found is None else str(found)
     path = Path(cfg.resume)
     if not path.exists():
@@ -186,25 +202,42 @@ def train(config: DictConfig | dict) -> Path:
     with RunLock(run_dir) if trainer.is_global_zero else contextlib.nullcontext():
         if trainer.is_global_zero:
             refuse_or_clear_existing_run(run_dir, cfg.resume, cfg.overwrite)
+        # read-only, so every rank decides alike: a finished run is left as it is
+        record_config = not cfg.resume or check_resumed_config(cfg, run_dir,
+                                                               trainer.is_global_zero)
+        total_steps = total_steps_of(cfg, trainer.world_size)
+        done = finished_steps(run_dir) if cfg.resume == "auto" else None
+        if done is not None and done >= total_steps:
+            if trainer.is_global_zero:
+                print(f"run_dir {run_dir} holds a finished run ({done} steps; final/ and "
+                      f"{REPORT_NAME}): nothing to do. To train further, resume=auto with a "
+                      "larger training.max_steps (or max_tokens); to start over, overwrite=true",
+                      flush=True)
+            return run_dir
+        # before anything is written: a damaged or foreign checkpoint is refused unread
+        resume = _resume_path(cfg, run_dir)
+        if trainer.is_global_zero:
             remove_orphans(run_dir / "checkpoints")
             print(f"run folder: {run_dir}", flush=True)
-        trainer.loggers = _loggers(cfg, run_dir)  # after the clearing: the log part counts on
-        return _train_locked(cfg, data_cfg, run_dir, trainer)
+        return _train_locked(cfg, data_cfg, run_dir, trainer, resume, total_steps,
+                             record_config)
 
 
-def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer) -> Path:
-    """Build everything, then write config.yaml (a failed launch leaves the folder as it was),
-    then train and finish; runs while this process holds the run folder."""
+def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer,
+                  resume: str | None, total_steps: int, record_config: bool) -> Path:
+    """Build everything, then write config.yaml and attach the loggers (a failed launch leaves
+    the folder as it was), then train and finish; runs while this process holds the run folder.
+    ``record_config``: a fresh run or a resume that changed the run's length."""
     rank, world = trainer.global_rank, trainer.world_size
-    resume = _resume_path(cfg, run_dir)  # before loading anything: a bad checkpoint fails fast
     tokenizer = load_tokenizer(cfg.model.source)
     # data is tokenised with the source's own vocabulary: a DLM student's <|mask|> (added to
     # `tokenizer` by build_student) is a model-side token no text may turn into, and the token
     # cache (teacher samples included) stays shared with AR runs of the same source
     data_tokenizer = copy.deepcopy(tokenizer)
     student = build_student(cfg, tokenizer)
+    check_context(student, data_cfg.seq_len, "data.seq_len",
+                  "lower data.seq_len to at most the model's context")
     teacher = build_teacher(cfg, tokenizer)
-    total_steps = total_steps_of(cfg, world)
     trainer.fit_loop.epoch_loop.max_steps = total_steps  # known only now (max_tokens, world)
     manager = create_objective_manager(
         {"objectives": cfg.objectives, "curriculum": cfg.curriculum}, total_steps,
@@ -212,24 +245,29 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer)
     if manager.block_size() is not None:  # decoders default to it (wf generate, wf bench dlm)
         record_block_size(student, manager.block_size())
     stream = build_train_stream(data_cfg, data_tokenizer, rank=rank, world_size=world)
-    val = build_val_windows(data_tokenizer, data_cfg.seq_len, cfg.training.val_windows)
     remixer = None
-    if data_cfg.remix.enabled:
-        # the probe comes after the validation windows: remixing never tunes toward reported text
-        probe = build_probe_batch(data_tokenizer, data_cfg.seq_len, data_cfg.remix,
-                                  skip=cfg.training.val_windows)
-        remixer = InfluenceRemixer(stream, probe, data_cfg.remix)
-    if trainer.is_global_zero:  # everything built: the launch is good, record its config
+    with _seq_len_named(data_cfg.seq_len):  # the held-out texts hold no window that long
+        val = build_val_windows(data_tokenizer, data_cfg.seq_len, cfg.training.val_windows)
+        if data_cfg.remix.enabled:
+            # after the validation windows: remixing never tunes toward reported text
+            probe = build_probe_batch(data_tokenizer, data_cfg.seq_len, data_cfg.remix,
+                                      skip=cfg.training.val_windows)
+            remixer = InfluenceRemixer(stream, probe, data_cfg.remix)
+        # the same windows per domain (held-out ASV, general English) before and after
+        # training: the test windows the report prints, and validation windows (other
+        # documents) to choose on
+        eval_windows = {
+            "test": domain_windows(data_tokenizer, data_cfg.seq_len, cfg.training.eval_windows),
+            "validation": domain_windows(data_tokenizer, data_cfg.seq_len,
+                                         cfg.training.val_windows, split="validation")}
+    if trainer.is_global_zero and record_config:  # all built: the launch is good, record it
         _write_config(cfg, run_dir)
+    trainer.loggers = _loggers(cfg, run_dir)  # after the clearing: the log part counts on
 
-    report: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": total_steps,
+    # a resume keeps the rows measured before training (it does not measure them again)
+    report: dict[str, Any] = {**(rows_before_training(run_dir) if resume else {}),
+                              "run_dir": str(run_dir), "total_steps": total_steps,
                               "world_size": world}
-    # the same windows per domain (held-out ASV, general English) before and after training: the
-    # test windows the report prints, and validation windows (other documents) to choose on
-    eval_windows = {
-        "test": domain_windows(data_tokenizer, data_cfg.seq_len, cfg.training.eval_windows),
-        "validation": domain_windows(data_tokenizer, data_cfg.seq_len,
-                                     cfg.training.val_windows, split="validation")}
     report["windows"] = {split: {d: list(w.shape) for d, w in per_domain.items()}
                          for split, per_domain in eval_windows.items()}
     if cfg.training.eval_before and resume is None and rank == 0:
@@ -249,6 +287,7 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer)
             _print_row("reconstructed student (layer by layer)", report["reconstructed"])
 
     if total_steps == 0:  # convert only (stage 1)
+        _save_final(run_dir, student, tokenizer, cfg)
         return _finish(run_dir, student, tokenizer, cfg, eval_windows, report)
     apply_trainer_options(student, cfg)
     tokens_per_step = cfg.training.batch_size * cfg.training.grad_accum * data_cfg.seq_len
@@ -266,18 +305,27 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer)
         # refused unless resuming or overwriting, so a non-empty checkpoints/ is expected here
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
-    if total_steps % cfg.training.checkpoint_every:
-        # a full training state (optimizer, loops) for resume=auto; loads use weights_only=True
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if world > 1 and not is_sharded(student):  # replicas (ddp); fsdp ranks hold shards
         report["ddp_weight_checksums"] = _rank_checksums(trainer, student)
-    student = gathered_student(student, trainer.strategy.root_device)  # fsdp: one whole copy
+    whole = gathered_student(student, trainer.strategy.root_device)  # fsdp: one whole copy
     if trainer.is_global_zero:
-        _finish(run_dir, student, tokenizer, cfg, eval_windows, report)
+        _save_final(run_dir, whole, tokenizer, cfg)
+    _save_last_step(trainer, run_dir)  # after final/: see RunCheckpoint
+    if trainer.is_global_zero:
+        _finish(run_dir, whole, tokenizer, cfg, eval_windows, report)
     if torch.distributed.is_initialized():
         # each rank leaves cleanly: gloo can abort (SIGABRT) at interpreter exit otherwise
         torch.distributed.destroy_process_group()
     return run_dir
+
+
+@contextlib.contextmanager
+def _seq_len_named(seq_len: int) -> Iterator[None]:
+    """Name data.seq_len and its fix when the held-out text has no window of that length."""
+    try:
+        yield
+    except TextTooShortError as err:
+        raise UserInputError(f"data.seq_len={seq_len}: {err}; lower data.seq_len") from None
 
 
 def _reconstruct(student, teacher: Teacher | None, data_tokenizer, cfg: DictConfig,
@@ -311,8 +359,9 @@ def _check_data_sources(data_cfg: DataConfig) -> None:
 
 def _write_config(cfg: DictConfig, run_dir: Path) -> None:
     """``config.yaml``: the resolved config with secret-looking values scrubbed."""
-    plain = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+    text = OmegaConf.to_yaml(OmegaConf.create(config_record(cfg)))
+    with staged_file(run_dir / CONFIG_NAME) as staged:  # a full disk keeps the old one whole
+        staged.write_text(text)
 
 
 class _DropTips(logging.Filter):
@@ -348,12 +397,11 @@ def _progress_bar():
 def _build_trainer(cfg: DictConfig, run_dir: Path):
     """The Lightning Trainer; its loggers are attached by the caller once the folder is safe."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     # no version counter: a name clash must overwrite, never leave last-v1.ckpt beside a stale
     # last.ckpt that resume=auto would pick. last.ckpt is a link to the step-N.ckpt just written,
     # not a second copy: the demo's checkpoints are 1.7 GB each (written once, stored once)
-    checkpoint = ModelCheckpoint(
+    checkpoint = RunCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step-{step}", monitor="step", mode="max",
         save_top_k=cfg.training.keep_last, every_n_train_steps=cfg.training.checkpoint_every,
         save_last="link", auto_insert_metric_name=False, enable_version_counter=False)
@@ -381,18 +429,41 @@ def _rank_checksums(trainer, student) -> list[float]:
     return [float(x) for x in gathered.flatten().cpu()]
 
 
-def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
-            eval_windows: dict[str, dict[str, torch.Tensor]],
-            report: dict[str, Any]) -> Path:
-    """Save ``final/`` (loadable with load_bitnet), evaluate it, write report.json and the plot."""
+def _save_final(run_dir: Path, student, tokenizer, cfg: DictConfig) -> None:
+    """Save ``final/`` (loadable with load_bitnet), fully ternary, with its sampling settings."""
     set_quant_lambda(student, cfg.training.quant_lambda.end)
-    final = run_dir / "final"
     if getattr(student, "generation_config", None) is not None:
         # the decoding of the report's samples travels with the model (generation_config.json):
         # `wf generate`, `wf chat`, `wf export` and transformers' generate() start from it
         student.generation_config.repetition_penalty = cfg.training.sample_repetition_penalty
+    final = run_dir / "final"
     student.save_pretrained(final)
     tokenizer.save_pretrained(final)
+
+
+def _save_last_step(trainer, run_dir: Path) -> None:
+    """The last step's full training state (for resume=auto to train the run further). A full
+    or unwritable disk costs only that: ``final/`` is saved, the run goes on to its report, and
+    one line says so (the earlier checkpoints stay, the failed one leaves no partial file)."""
+    try:
+        trainer.checkpoint_callback.save_last_step(trainer)
+    except Exception as err:
+        failure = write_failure(err)
+        if failure is None:
+            raise
+        reason, fix = failure
+        warnings.warn(f"could not write the last checkpoint to {run_dir / 'checkpoints'} "
+                      f"({reason}); final/ is saved and the run finishes, but resume=auto can "
+                      f"train it further only from an earlier checkpoint: {fix}", OneLineWarning,
+                      stacklevel=2)
+
+
+def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
+            eval_windows: dict[str, dict[str, torch.Tensor]],
+            report: dict[str, Any]) -> Path:
+    """Evaluate the saved ``final/`` model, write report.json (last: it marks the run finished)
+    and the plot."""
+    final = run_dir / "final"
     # what the student stores and what `wf export final/ x.gguf` writes (default GGUF types)
     report["storage"] = storage_report(student, tokenizer_dir=final, name=final.name)
     if cfg.training.max_steps != 0:
@@ -407,7 +478,7 @@ def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
             plot_run(run_dir)
         except Exception as err:  # a plot must never cost the run
             log.warning("could not plot %s: %s", run_dir, err)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
     print(f"run folder: {run_dir} (final model in {final})")
     return run_dir
 
