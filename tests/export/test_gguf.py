@@ -17,6 +17,7 @@ from wrinklefree.export.gguf import (
     _permute_for_rope,
     export_gguf,
     fp_tensor_type,
+    round_to_gguf,
     ternary_tensor_type,
 )
 from wrinklefree.llamacpp import adapter_path
@@ -278,6 +279,39 @@ def test_full_precision_layers_with_subln_export_at_fp_type(tmp_path, fp_type):
     sub = tensors["blk.0.ffn_sub_norm.weight"].data
     assert np.array_equal(sub, layer.mlp.down_proj.sub_norm.weight.detach().numpy())
     assert tensors["blk.1.ffn_down.weight"].tensor_type == Q.TQ2_0
+
+
+@pytest.mark.parametrize("type_name", ["q4_0", "q8_0"])
+def test_round_to_gguf_makes_pytorch_hold_what_the_file_stores(tmp_path, type_name):
+    folder = save_tiny(tmp_path / "hybrid", num_hidden_layers=3, fp_layers=[0],
+                       fp_layers_subln=True, lrc_rank=8)
+    model = load_model(str(folder))
+    options = dict(embed_type=type_name, fp_type=type_name, lora_type=type_name)
+    before = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    rounded = round_to_gguf(model, GGUFOptions(**options))
+    assert "embed_tokens" in rounded and "layers.0.mlp.down_proj.weight" in rounded
+    assert "layers.1.mlp.up_proj.lrc_U" in rounded
+    assert not torch.equal(before, model.model.layers[0].mlp.down_proj.weight)
+    path = tmp_path / "m.gguf"
+    export_gguf(model, path, folder, **options)
+    _, tensors = _read(path)
+    _, lora = _read(adapter_path(path))
+
+    def stored(t, rows):  # the values llama.cpp reads, (rows, -1)
+        return gguf.quants.dequantize(t.data, t.tensor_type).reshape(rows, -1)
+
+    embed = model.get_input_embeddings().weight.detach().numpy()
+    assert np.array_equal(stored(tensors["token_embd.weight"], embed.shape[0]), embed)
+    down = model.model.layers[0].mlp.down_proj.weight.detach().numpy()  # full precision
+    assert np.array_equal(stored(tensors["blk.0.ffn_down.weight"], down.shape[0]), down)
+    up = model.model.layers[1].mlp.up_proj  # ternary + LRC: the adapter's factors
+    v_t, u = up.lrc_V.detach().numpy().T, up.lrc_U.detach().numpy()
+    a = stored(lora["blk.1.ffn_up.weight.lora_a"], 32)  # rank 8 padded to one block of 32
+    b = stored(lora["blk.1.ffn_up.weight.lora_b"], u.shape[0])
+    assert np.array_equal(a[:8], v_t) and np.array_equal(b[:, :8], u)
+    again = {k: v.clone() for k, v in model.state_dict().items()}
+    round_to_gguf(model, GGUFOptions(**options))  # the grid is a fixed point
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
 
 
 def test_export_options_name_the_flag_and_choices():

@@ -87,6 +87,58 @@ def test_stage3_distill_trains_and_exports_to_gguf_not_hf(tiny_config, tmp_path)
         export_model(run_dir, tmp_path / "hf", "hf")
 
 
+def test_model_gguf_rounds_and_freezes_what_llamacpp_quantizes(tiny_config, tmp_path,
+                                                              monkeypatch):
+    """model.gguf: from training.gguf_round_at on, the embeddings, full-precision layers and
+    LRC factors sit on the GGUF grid and stay there while the ternary weights train; final/
+    records the types, and `wf export` writes them without flags."""
+    from wrinklefree.export import export_model
+    from wrinklefree.export.gguf import recorded_gguf_types, round_to_gguf
+
+    at_rounding = {}
+    rounding = BitNetModule._round_to_gguf
+
+    def spy(self):
+        rounding(self)
+        at_rounding.update({k: v.detach().clone() for k, v in self.student.state_dict().items()})
+        at_rounding["step"] = self.global_step
+
+    monkeypatch.setattr(BitNetModule, "_round_to_gguf", spy)
+    run_dir = train_run.train(tiny_config(
+        "training.max_steps=4", "training.warmup_steps=0", "training.gguf_round_at=0.5",
+        "model.convert.fp_layers=[0]", "model.convert.fp_layers_subln=true",
+        "model.convert.lrc_rank=4",
+        "model.gguf.embed_type=q4_0", "model.gguf.fp_type=q4_0", "model.gguf.lora_type=q4_0"))
+    assert at_rounding["step"] == 2
+    model = load_bitnet(run_dir / "final")
+    types = recorded_gguf_types(model)
+    assert (types.embed_type, types.fp_type, types.lora_type) == ("q4_0",) * 3
+    final = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = round_to_gguf(model, types)  # on the grid already: nothing moves
+    assert all(torch.equal(final[k], v) for k, v in model.state_dict().items())
+    names = {n for n, _ in model.named_parameters() for p in frozen.values()
+             if p is dict(model.named_parameters())[n]}
+    assert "model.embed_tokens.weight" in names and "model.layers.0.mlp.up_proj.weight" in names
+    assert "model.layers.1.mlp.up_proj.lrc_U" in names
+    for name in names:  # unchanged since they were rounded
+        assert torch.equal(final[name], at_rounding[name]), name
+    ternary = "model.layers.1.mlp.up_proj.weight"  # trained on after the rounding
+    assert not torch.equal(final[ternary], at_rounding[ternary])
+    result = export_model(run_dir, tmp_path / "m.gguf", "gguf")  # no flags: the recorded types
+    assert result["tensors"]["token_embd.weight"][0] == "Q4_0"
+    assert result["tensors"]["blk.0.ffn_up.weight"][0] == "Q4_0"  # the fp layer
+    assert result["tensors"]["blk.1.ffn_up.weight.lora_a"][0] == "Q4_0"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["storage"]["gguf"]["model_file_bytes"] == (tmp_path / "m.gguf").stat().st_size
+
+
+def test_model_gguf_type_is_checked_before_anything_runs(tiny_config):
+    from wrinklefree.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r"model.gguf: --fp-type 'q3_0'.*choose one of"):
+        train_run.train(tiny_config("model.gguf.fp_type=q3_0"))
+
+
 def test_curriculum_phase_switches_the_data_mixture(tiny_config, text_files):
     run_dir = train_run.train(tiny_config(
         f"data.sources=[{{name: words, path: '{text_files['words']}', weight: 1.0}}, "

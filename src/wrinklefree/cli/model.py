@@ -62,7 +62,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     model = load_model(args.path)
     folder = resolve_model_dir(args.path) if Path(args.path).is_dir() else None
-    _print_info(model, _gguf_options(args), tokenizer_dir=folder)
+    _print_info(model, _gguf_options(args, folder), tokenizer_dir=folder)
 
 
 def info_parser(sub) -> None:
@@ -79,11 +79,12 @@ def info_parser(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from wrinklefree.export import export_model
+    from wrinklefree.export import export_model, resolve_model_dir
     from wrinklefree.export.size import format_storage
     from wrinklefree.llamacpp import adapter_path
 
-    result = export_model(args.src, args.out, args.format, _gguf_options(args),
+    folder = resolve_model_dir(args.src) if Path(args.src).is_dir() else None
+    result = export_model(args.src, args.out, args.format, _gguf_options(args, folder),
                           overwrite=args.overwrite)
     print(f"exported {args.src} -> {args.out} ({args.format})")
     if args.format == "gguf" and adapter_path(args.out).is_file():
@@ -94,18 +95,32 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(format_storage(result["storage"]))
 
 
-def _gguf_options(args: argparse.Namespace):
-    """The GGUF storage types named by the flags of :func:`add_gguf_flags`."""
-    from wrinklefree.export.gguf import GGUFOptions
+def _gguf_options(args: argparse.Namespace, folder: Path | None):
+    """The GGUF storage types: the flags of :func:`add_gguf_flags` that were given, over the
+    types the model was rounded to in training (``model.gguf``, recorded in config.json), over
+    the defaults; None when no flag was given (the model's own types, else the defaults)."""
+    from dataclasses import replace
 
-    return GGUFOptions(weight_type=args.type, fallback_type=args.fallback_type,
-                       embed_type=args.embed_type, fp_type=args.fp_type,
-                       lora_type=args.lora_type)
+    from transformers import AutoConfig
+
+    from wrinklefree.export.gguf import GGUFOptions, recorded_gguf_types
+
+    given = {field: getattr(args, flag) for flag, field in GGUF_FLAGS.items()
+             if getattr(args, flag) is not None}
+    if not given:
+        return None
+    recorded = recorded_gguf_types(AutoConfig.from_pretrained(folder)) if folder else None
+    return replace(recorded or GGUFOptions(), **given)
+
+
+GGUF_FLAGS = {"type": "weight_type", "fallback_type": "fallback_type",
+              "embed_type": "embed_type", "fp_type": "fp_type", "lora_type": "lora_type"}
 
 
 def add_gguf_flags(p: argparse.ArgumentParser) -> None:
     """The GGUF storage types (wrinklefree.export.gguf.GGUFOptions): one definition for
-    `wf export` and `wf info`."""
+    `wf export` and `wf info`. A flag left out takes the type the model was rounded to in
+    training (``model.gguf``), else the default shown."""
     from wrinklefree.export.gguf import (
         EMBED_TYPES,
         FALLBACK_TYPES,
@@ -116,22 +131,27 @@ def add_gguf_flags(p: argparse.ArgumentParser) -> None:
     )
 
     default = GGUFOptions()
-    g = p.add_argument_group("GGUF storage types (docs/export.md)")
-    g.add_argument("--type", choices=WEIGHT_TYPES, default=default.weight_type,
+    g = p.add_argument_group(
+        "GGUF storage types (docs/export.md)",
+        "each defaults to the type a student was rounded to in training (model.gguf, recorded "
+        "in its config.json), else to the default named")
+    g.add_argument("--type", choices=WEIGHT_TYPES,
                    help="ternary projections, all exact (rows that are not whole blocks of it "
-                   "take --fallback-type; none fits: refused)")
-    g.add_argument("--fallback-type", choices=FALLBACK_TYPES, default=default.fallback_type,
+                   f"take --fallback-type; none fits: refused; default {default.weight_type})")
+    g.add_argument("--fallback-type", choices=FALLBACK_TYPES,
                    help="exact type for rows that are not whole 256-blocks (q4_0: 4.5 "
-                   "bits/weight, SIMD kernels; q2_0: 2.25 bits/weight, generic C on x86)")
-    g.add_argument("--embed-type", choices=EMBED_TYPES, default=default.embed_type,
+                   "bits/weight, SIMD kernels; q2_0: 2.25 bits/weight, generic C on x86; "
+                   f"default {default.fallback_type})")
+    g.add_argument("--embed-type", choices=EMBED_TYPES,
                    help="token embedding (the tied output head) and an untied head (q6_k needs "
-                   "rows of 256, else q8_0; the others rows of 32, else f16)")
-    g.add_argument("--fp-type", choices=FP_TYPES, default=default.fp_type,
+                   f"rows of 256, else q8_0; the others rows of 32, else f16; default "
+                   f"{default.embed_type})")
+    g.add_argument("--fp-type", choices=FP_TYPES,
                    help="decoder layers kept in full precision (fp_layers), quantized as "
-                   "llama.cpp's quantizer does")
-    g.add_argument("--lora-type", choices=LORA_TYPES, default=default.lora_type,
+                   f"llama.cpp's quantizer does (default {default.fp_type})")
+    g.add_argument("--lora-type", choices=LORA_TYPES,
                    help="the LRC correction's LoRA adapter (q8_0 / q4_0 pad each rank to a "
-                   "multiple of 32)")
+                   f"multiple of 32; default {default.lora_type})")
 
 
 def export_parser(sub) -> None:

@@ -53,8 +53,8 @@ def export_model(src: str | Path, out: str | Path, fmt: str = "gguf",
     Returns ``{"tensors": {name: (storage type, bytes)}, "storage": report}``: the written
     tensors of every file and, for GGUF, :func:`wrinklefree.export.size.storage_report` of the
     export (bits per decoder-linear weight, bytes by part). ``options`` (GGUF storage types)
-    apply to GGUF. An existing ``out`` is replaced only with ``overwrite``, and only once the new
-    export is whole.
+    apply to GGUF (None: the types the model was rounded to, else the defaults). An existing
+    ``out`` is replaced only with ``overwrite``, and only once the new export is whole.
     """
     from dataclasses import asdict
 
@@ -66,10 +66,10 @@ def export_model(src: str | Path, out: str | Path, fmt: str = "gguf",
     folder = resolve_model_dir(src)
     model = load_model(str(folder))
     if fmt == "gguf":
-        from wrinklefree.export.gguf import export_gguf
+        from wrinklefree.export.gguf import export_gguf, recorded_gguf_types
         from wrinklefree.export.size import storage_report
 
-        options = options or GGUFOptions()
+        options = options or recorded_gguf_types(model) or GGUFOptions()
         tensors = export_gguf(model, out, folder, **asdict(options))
         return {"tensors": tensors, "storage": storage_report(
             model, options, tokenizer_dir=folder, name=Path(out).stem)}

@@ -77,7 +77,7 @@ FILE_TYPES = {"tq2_0": 37, "tq1_0": 36, "q2_0": 41, "q4_0": 2, "f16": 1}
 PARTS = ("ternary", "fallback", "fp_layers", "embeddings", "norms", "correction")
 
 
-@dataclass(frozen=True)
+@dataclass
 class GGUFOptions:
     """The storage types of one GGUF export (the ``wf export`` flags of the same names).
 
@@ -113,6 +113,22 @@ class GGUFOptions:
     def describe(self) -> str:
         """One line naming every type, as the reports print it."""
         return ", ".join(f"{k.removesuffix('_type')} {v}" for k, v in asdict(self).items())
+
+
+GGUF_TYPES_KEY = "gguf_types"  # config.json: the types a model was rounded to (round_to_gguf)
+
+
+def record_gguf_types(model: nn.Module, options: GGUFOptions) -> None:
+    """Record ``options`` on the model's config (saved in config.json): ``wf export`` and the
+    size reports default to them, so a student rounded to them exports what it was scored as."""
+    setattr(model.config, GGUF_TYPES_KEY, asdict(options))
+
+
+def recorded_gguf_types(model_or_config) -> GGUFOptions | None:
+    """The types recorded by :func:`record_gguf_types` on a model or its config, else None."""
+    config = getattr(model_or_config, "config", model_or_config)
+    data = getattr(config, GGUF_TYPES_KEY, None)
+    return GGUFOptions(**data) if data else None
 
 
 @dataclass(frozen=True)
@@ -447,6 +463,64 @@ def plan_gguf(model: nn.Module, options: GGUFOptions | None = None, *,
             if isinstance(linear, BitLinearLRC):
                 adapter.extend(_lora_tensors(linear, name, options, heads))
     return GGUFPlan(arch, tensors, adapter)
+
+
+def stored_values(values: np.ndarray, type_name: str) -> np.ndarray:
+    """float32 (rows, in) -> the values llama.cpp reads back when they are stored at
+    ``type_name`` (the writer's own encoding, decoded by gguf-py)."""
+    if type_name == "F32":
+        return values.astype(np.float32)
+    if type_name == "F16":
+        return values.astype(np.float16).astype(np.float32)
+    return gguf.quants.dequantize(_encode_float(values, type_name), Q[type_name])
+
+
+def _round_parameter(param: torch.Tensor, type_name: str, name: str) -> None:
+    """Round a full-precision (rows, in) parameter in place to what ``type_name`` stores."""
+    chosen = fp_tensor_type(type_name, param.shape[-1], name)
+    param.copy_(torch.from_numpy(stored_values(_numpy(param), chosen)).to(param.dtype))
+
+
+@torch.no_grad()
+def round_to_gguf(model: nn.Module, options: GGUFOptions | None = None) -> list[str]:
+    """Round the parts a GGUF export quantizes that PyTorch keeps in float -- the token
+    embedding (and an untied head) at ``embed_type``, full-precision decoder linears at
+    ``fp_type``, the LRC factors at ``lora_type`` -- to the values that export stores, in place.
+
+    Afterwards PyTorch runs the numbers llama.cpp runs (ternary weights are exact already), so
+    the model's own perplexity is the exported file's and parity measures arithmetic only.
+    Rows are rounded exactly as :func:`plan_gguf` encodes them: the RoPE row permutation does
+    not change a row's blocks, and the zero rank padding of block types is rounded with them.
+    The types are recorded on the model (:func:`record_gguf_types`). Returns the parameters
+    rounded, by name (what training freezes once it has rounded them).
+    """
+    options = options or GGUFOptions()
+    rounded: dict[str, nn.Parameter] = {}
+    embed = model.get_input_embeddings().weight
+    _round_parameter(embed, options.embed_type, "token_embd")
+    rounded["embed_tokens"] = embed
+    if not _tied(model):
+        head = model.get_output_embeddings().weight
+        _round_parameter(head, options.embed_type, "output")
+        rounded["lm_head"] = head
+    for bid, layer in enumerate(model.model.layers):
+        for path in LAYER_LINEARS:
+            linear = layer.get_submodule(path)
+            name = f"layers.{bid}.{path}"
+            if not isinstance(linear, BitLinear):
+                _round_parameter(linear.weight, options.fp_type, name)
+                rounded[f"{name}.weight"] = linear.weight
+            if isinstance(linear, BitLinearLRC):  # lora_a = Vᵀ (r, in), lora_b = U (out, r)
+                rank = lora_rank(linear.lrc_rank, options.lora_type)
+                v_t = linear.lrc_V.t().contiguous()  # (r, in)
+                _round_parameter(v_t, options.lora_type, f"{name}.lora_a")
+                linear.lrc_V.copy_(v_t.t())
+                u = torch.nn.functional.pad(linear.lrc_U, (0, rank - linear.lrc_rank))
+                _round_parameter(u, options.lora_type, f"{name}.lora_b")
+                linear.lrc_U.copy_(u[:, : linear.lrc_rank])
+                rounded[f"{name}.lrc_V"], rounded[f"{name}.lrc_U"] = linear.lrc_V, linear.lrc_U
+    record_gguf_types(model, options)
+    return rounded
 
 
 def _add_hparams(writer: gguf.GGUFWriter, model: nn.Module, weight_type: str, name: str) -> None:

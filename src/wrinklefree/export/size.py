@@ -29,6 +29,7 @@ from wrinklefree.export.gguf import (
     adapter_metadata_bytes,
     model_metadata_bytes,
     plan_gguf,
+    recorded_gguf_types,
 )
 from wrinklefree.nn import BitLinear, BitLinearLRC
 from wrinklefree.nn.ternary import PER_CHANNEL_QUANTS
@@ -104,8 +105,10 @@ def storage_report(model: nn.Module, options: GGUFOptions | None = None, *,
     are exact; without it they count tensors and tensor infos only. ``name`` is the file's
     ``general.name`` (``wf export`` uses the output's stem). A model the exporter refuses is
     still counted as it would be written once fixed, with the refusal in ``gguf.refused``.
+    ``options`` default to the types the model was rounded to (:func:`recorded_gguf_types`),
+    else :class:`GGUFOptions`' defaults: what ``wf export`` writes without flags.
     """
-    options = options or GGUFOptions()
+    options = options or recorded_gguf_types(model) or GGUFOptions()
     counts = _linear_counts(model)
     n = counts["linear_weights"]
     fp = counts["fp_layers"] + counts["lrc"] + counts["scales"]

@@ -35,6 +35,7 @@ from wrinklefree.errors import (
     positive,
     unit_interval,
 )
+from wrinklefree.export.gguf import GGUFOptions
 from wrinklefree.nn.surgery import BitNetConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -52,6 +53,11 @@ class ModelConfig:
     teacher: str | None = "source"  # 'source' = full-precision copy of the source; a path; None
     dlm: bool = False  # add the <|mask|> token (needed by the DLM / TCS objectives)
     train_only_lrc: bool = False  # freeze everything but the LRC factors (LRC calibration)
+    # the GGUF types the student ships at (the `wf export` flags' names): with
+    # training.gguf_round_at set, the parts llama.cpp quantizes (embeddings, fp_layers, LRC)
+    # are rounded to them and frozen, so the report scores the file `wf export` writes (and its
+    # default types become these)
+    gguf: GGUFOptions = field(default_factory=GGUFOptions)
 
 
 @dataclass
@@ -126,6 +132,11 @@ class TrainingConfig:
     sample_repetition_penalty: float = field(default=1.0,
                                              metadata=positive("(1 = off, 1.2 = CTRL's)"))
     eval_before: bool = True  # report teacher / converted-student perplexity before training
+    # the fraction of the run after which the parts llama.cpp quantizes are rounded to the
+    # model.gguf types and frozen (the rest trains the ternary weights and norms around them;
+    # 1 = at the end); null = they stay float
+    gguf_round_at: float | None = field(default=None, metadata=in_range(
+        lambda v: v is None or 0 <= v <= 1, "a number in [0, 1], or null (no rounding)"))
 
 
 @dataclass
@@ -189,6 +200,11 @@ def validate(config: DictConfig | dict) -> DictConfig:
     if t.max_steps is None and t.max_tokens is None:
         raise UserInputError("training.max_steps and training.max_tokens are both null: set one "
                              "(e.g. training.max_steps=100)")
+    try:  # GGUFOptions checks its types when it is built
+        OmegaConf.to_object(merged.model.gguf)
+    except UserInputError as err:
+        raise UserInputError(f"model.gguf: {err} (the `wf export` flag of the same name)"
+                             ) from None
     try:  # the one check of the data section; the run converts it with OmegaConf.to_object
         OmegaConf.to_object(merged.data).validate(prefix="data.")
     except UserInputError:

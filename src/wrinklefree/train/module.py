@@ -7,6 +7,7 @@ wires them together and advances the per-step schedules (quantization lambda, cu
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch.utils.data import IterableDataset
 
 from wrinklefree.data.mixture import MixtureStream, phase_weights
 from wrinklefree.data.packing import collate
+from wrinklefree.export.gguf import GGUFOptions, round_to_gguf
 from wrinklefree.nn import set_quant_lambda
 from wrinklefree.objectives import ObjectiveManager, run_model
 from wrinklefree.quant import LambdaWarmup
@@ -64,11 +66,14 @@ class BitNetModule(L.LightningModule):
         total_steps: optimizer steps in the run.
         tokens_per_step: tokens consumed per optimizer step on this rank.
         remixer: optional influence-based remixer of the stream's weights.
+        gguf_types: the GGUF types the student ships at (``model.gguf``), or None: at
+            ``training.gguf_round_at`` of the run the parts llama.cpp quantizes are rounded to
+            them and frozen, and the rest of the run trains around them.
     """
 
     def __init__(self, student, manager: ObjectiveManager, teacher: Teacher | None,
                  stream: MixtureStream, training: Any, total_steps: int, tokens_per_step: int,
-                 remixer=None) -> None:
+                 remixer=None, gguf_types: GGUFOptions | None = None) -> None:
         super().__init__()
         self.student = student
         self.manager = manager
@@ -85,6 +90,9 @@ class BitNetModule(L.LightningModule):
         self.windows_consumed = stream.windows  # Lightning reads ahead; count what trained
         self._phase = manager.phase_index
         self._clock: float | None = None
+        self.gguf_types = gguf_types
+        self.round_step = math.ceil((training.gguf_round_at or 0) * total_steps)
+        self._rounded = False
 
     # ---- per-step schedules -------------------------------------------------------------
     def _advance_schedules(self) -> None:
@@ -98,6 +106,18 @@ class BitNetModule(L.LightningModule):
             data_config = self.manager.current_phase.data_config
             if data_config:
                 self.stream.set_weights(phase_weights(data_config))
+        if self.gguf_types is not None and not self._rounded and (
+                self.global_step >= self.round_step):
+            self._round_to_gguf()
+
+    def _round_to_gguf(self) -> None:
+        """Round the parts the GGUF stores in blocks to ``gguf_types`` and freeze them (AdamW
+        skips a parameter without a gradient). On resume past the step this runs again: the
+        rounded values are a fixed point, only the freezing is redone."""
+        for param in round_to_gguf(self.student, self.gguf_types).values():
+            param.requires_grad_(False)
+            param.grad = None
+        self._rounded = True
 
     # ---- Lightning hooks ----------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ from wrinklefree.data.packing import collate
 from wrinklefree.data.sources import source_files
 from wrinklefree.errors import OneLineWarning, UserInputError, write_failure
 from wrinklefree.eval.report import evaluate_model, format_report, ratios_to_teacher
+from wrinklefree.export.gguf import GGUFOptions, round_to_gguf
 from wrinklefree.export.size import storage_report
 from wrinklefree.files import remove_orphans, staged_file
 from wrinklefree.models import check_context, load_model, load_tokenizer
@@ -292,7 +293,7 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer,
     apply_trainer_options(student, cfg)
     tokens_per_step = cfg.training.batch_size * cfg.training.grad_accum * data_cfg.seq_len
     module = BitNetModule(student, manager, teacher, stream, cfg.training, total_steps,
-                          tokens_per_step, remixer)
+                          tokens_per_step, remixer, gguf_types(cfg))
     # a private generator: creating the loader's iterator must not draw from the global RNG,
     # or a resumed run would mask DLM batches differently from an uninterrupted one
     train_loader = torch.utils.data.DataLoader(StreamBatches(stream, cfg.training.batch_size),
@@ -429,9 +430,18 @@ def _rank_checksums(trainer, student) -> list[float]:
     return [float(x) for x in gathered.flatten().cpu()]
 
 
+def gguf_types(cfg: DictConfig) -> GGUFOptions | None:
+    """The ``model.gguf`` types the student is rounded to, or None (training.gguf_round_at
+    null: it stays in float)."""
+    return None if cfg.training.gguf_round_at is None else OmegaConf.to_object(cfg.model.gguf)
+
+
 def _save_final(run_dir: Path, student, tokenizer, cfg: DictConfig) -> None:
-    """Save ``final/`` (loadable with load_bitnet), fully ternary, with its sampling settings."""
+    """Save ``final/`` (loadable with load_bitnet), fully ternary, with its sampling settings,
+    rounded to ``model.gguf`` (a no-op where training already did)."""
     set_quant_lambda(student, cfg.training.quant_lambda.end)
+    if gguf_types(cfg) is not None:
+        round_to_gguf(student, gguf_types(cfg))
     if getattr(student, "generation_config", None) is not None:
         # the decoding of the report's samples travels with the model (generation_config.json):
         # `wf generate`, `wf chat`, `wf export` and transformers' generate() start from it
@@ -464,7 +474,8 @@ def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
     """Evaluate the saved ``final/`` model, write report.json (last: it marks the run finished)
     and the plot."""
     final = run_dir / "final"
-    # what the student stores and what `wf export final/ x.gguf` writes (default GGUF types)
+    # what the student stores and what `wf export final/ x.gguf` writes (its default types:
+    # model.gguf's where it was rounded to them)
     report["storage"] = storage_report(student, tokenizer_dir=final, name=final.name)
     if cfg.training.max_steps != 0:
         report["trained"] = _evaluate(student, tokenizer, cfg, eval_windows)
@@ -496,6 +507,11 @@ def _strategy(cfg: DictConfig):
     name = options.pop("name", None)
     if name != "fsdp":
         raise ValueError(f"trainer.strategy dict needs name: fsdp, got name={name!r}")
+    if cfg.training.gguf_round_at is not None:
+        raise UserInputError("training.gguf_round_at does not work with trainer=fsdp (rounding "
+                             "to GGUF blocks needs whole rows, FSDP shards them): use "
+                             "trainer=ddp, or round after training "
+                             "(wrinklefree.export.gguf.round_to_gguf)")
     if cfg.training.optimizer == "muon":  # Newton-Schulz on a shard is not on the matrix
         raise ValueError("training.optimizer=muon does not work with trainer=fsdp (Muon "
                          "orthogonalises whole matrices, FSDP shards them): use "
