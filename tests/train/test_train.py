@@ -139,6 +139,20 @@ def test_model_gguf_type_is_checked_before_anything_runs(tiny_config):
         train_run.train(tiny_config("model.gguf.fp_type=q3_0"))
 
 
+def test_snapshots_save_loadable_models_along_the_run(tiny_config):
+    """training.snapshot_every: a model folder every N steps (the last step is final/), each
+    the student as it was then."""
+    from wrinklefree.eval.perplexity import perplexity
+
+    run_dir = train_run.train(tiny_config("training.max_steps=4", "training.snapshot_every=2",
+                                          "training.warmup_steps=0"))
+    assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == ["step-2"]
+    snapshot, final = load_bitnet(run_dir / "snapshots" / "step-2"), load_bitnet(run_dir / "final")
+    windows = torch.randint(0, 100, (2, 16))
+    assert perplexity(snapshot, windows) != perplexity(final, windows)  # two steps apart
+    assert (run_dir / "snapshots" / "step-2" / "tokenizer_config.json").is_file()
+
+
 def test_curriculum_phase_switches_the_data_mixture(tiny_config, text_files):
     run_dir = train_run.train(tiny_config(
         f"data.sources=[{{name: words, path: '{text_files['words']}', weight: 1.0}}, "

@@ -115,6 +115,10 @@ class TrainingConfig:
     val_windows: int = field(default=8, metadata=at_least(1))
     checkpoint_every: int = field(default=50, metadata=at_least(1, "(steps between checkpoints)"))
     keep_last: int = field(default=2, metadata=at_least(-1, "(-1 keeps every checkpoint)"))
+    # save the student as a model folder (snapshots/step-N, like final/) every N steps: a curve
+    # of quality or decoding speed against tokens from one run; null = none
+    snapshot_every: int | None = field(default=None, metadata=in_range(
+        lambda v: v is None or v >= 1, "an integer >= 1 (steps between snapshots), or null"))
     seed: int = 0
     # before/after report (train/run.py): perplexity on both evaluation domains (ASV held out,
     # general English) over eval_windows test windows each (other documents than the val_windows

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from wrinklefree.block_diffusion import record_block_size
@@ -291,6 +292,9 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer,
         _save_final(run_dir, student, tokenizer, cfg)
         return _finish(run_dir, student, tokenizer, cfg, eval_windows, report)
     apply_trainer_options(student, cfg)
+    if cfg.training.snapshot_every is not None:
+        trainer.callbacks.append(ModelSnapshots(run_dir, cfg.training.snapshot_every,
+                                                total_steps, tokenizer, cfg))
     tokens_per_step = cfg.training.batch_size * cfg.training.grad_accum * data_cfg.seq_len
     module = BitNetModule(student, manager, teacher, stream, cfg.training, total_steps,
                           tokens_per_step, remixer, gguf_types(cfg))
@@ -439,16 +443,41 @@ def gguf_types(cfg: DictConfig) -> GGUFOptions | None:
 def _save_final(run_dir: Path, student, tokenizer, cfg: DictConfig) -> None:
     """Save ``final/`` (loadable with load_bitnet), fully ternary, with its sampling settings,
     rounded to ``model.gguf`` (a no-op where training already did)."""
-    set_quant_lambda(student, cfg.training.quant_lambda.end)
     if gguf_types(cfg) is not None:
         round_to_gguf(student, gguf_types(cfg))
+    _save_model(run_dir / "final", student, tokenizer, cfg)
+
+
+def _save_model(folder: Path, student, tokenizer, cfg: DictConfig) -> None:
+    """Save ``student`` as a model folder at the final quantization strength (``final/`` and
+    the snapshots)."""
+    set_quant_lambda(student, cfg.training.quant_lambda.end)
     if getattr(student, "generation_config", None) is not None:
         # the decoding of the report's samples travels with the model (generation_config.json):
         # `wf generate`, `wf chat`, `wf export` and transformers' generate() start from it
         student.generation_config.repetition_penalty = cfg.training.sample_repetition_penalty
-    final = run_dir / "final"
-    student.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    student.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+class ModelSnapshots(Callback):
+    """Save the student as a model folder every ``every`` optimizer steps
+    (``snapshots/step-N``, loadable like ``final/``; the last step is ``final/``): quality or
+    decoding speed against the tokens trained on, from one run (``wf eval`` / ``wf bench`` on
+    each). Rank 0 saves; the next step sets the quantization strength back."""
+
+    def __init__(self, run_dir: Path, every: int, total_steps: int, tokenizer,
+                 cfg: DictConfig) -> None:
+        self.folder, self.every, self.total_steps = run_dir / "snapshots", every, total_steps
+        self.tokenizer, self.cfg = tokenizer, cfg
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        target = self.folder / f"step-{step}"
+        if step % self.every or step >= self.total_steps or target.exists():
+            return
+        if trainer.is_global_zero:
+            _save_model(target, pl_module.student, self.tokenizer, self.cfg)
 
 
 def _save_last_step(trainer, run_dir: Path) -> None:
@@ -507,6 +536,9 @@ def _strategy(cfg: DictConfig):
     name = options.pop("name", None)
     if name != "fsdp":
         raise ValueError(f"trainer.strategy dict needs name: fsdp, got name={name!r}")
+    if cfg.training.snapshot_every is not None:
+        raise UserInputError("training.snapshot_every does not work with trainer=fsdp (each rank "
+                             "holds a shard): use trainer=ddp, or evaluate the checkpoints")
     if cfg.training.gguf_round_at is not None:
         raise UserInputError("training.gguf_round_at does not work with trainer=fsdp (rounding "
                              "to GGUF blocks needs whole rows, FSDP shards them): use "
