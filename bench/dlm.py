@@ -210,6 +210,51 @@ def lossless_check(student: nn.Module, prompts: torch.Tensor, mask_id: int, bloc
             "identical": True}
 
 
+def curve(run: Path) -> list[dict[str, Any]]:
+    """One point per bench of ``run`` (its snapshots, final, and the starting student's run at
+    0 tokens): tokens trained on, then per decoder tokens per forward and the teacher-scored
+    perplexity ratio to AR, and the student's AR perplexity."""
+    config = run_config(str(run))
+    training, data = config["training"], config["data"]
+    tokens_per_step = training["batch_size"] * training.get("grad_accum", 1) * data["seq_len"]
+    start = Path(config["model"]["source"])
+    benches = [(0, (start.parent if start.name == "final" else start) / "bench-dlm")]
+    for snapshot in (run / "snapshots").glob("step-*"):
+        benches.append((int(snapshot.name.removeprefix("step-")), snapshot / "bench-dlm"))
+    benches.append((training["max_steps"], run / "bench-dlm"))
+    points = []
+    for step, folder in sorted(benches):
+        path = folder / "dlm.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        points.append({"step": step, "tokens": step * tokens_per_step,
+                       "student_ar_ppl": result["student_ar_ppl"],
+                       "rows": {r["name"]: {"tokens_per_forward": r["tokens_per_forward"],
+                                            "ppl_ratio": r["ppl_ratio"],
+                                            "speedup": r["speedup"]} for r in result["rows"]}})
+    return points
+
+
+def print_curve(run: Path) -> dict[str, Any]:
+    """Print :func:`curve` as a table (tokens per forward, and ppl ratio to AR) and write
+    ``RUN/dlm-curve.json``."""
+    points = curve(run)
+    if not points:
+        raise SystemExit(f"no bench-dlm/dlm.json under {run}: run `wf bench dlm` on its "
+                         "snapshots and final model first (scripts/dlm_self.sh does)")
+    names = [n for n in points[-1]["rows"] if n != "AR"]
+    print(f"{'step':>5} {'tokens':>9} {'AR ppl':>7} " + " ".join(f"{n:>26}" for n in names))
+    for p in points:
+        cells = [(f"{p['rows'][n]['tokens_per_forward']:.2f} tok/fwd, "
+                  f"{p['rows'][n]['ppl_ratio']:.2f}x") if n in p["rows"] else "-"
+                 for n in names]
+        print(f"{p['step']:>5} {p['tokens']:>9} {p['student_ar_ppl']:>7.2f} "
+              + " ".join(f"{c:>26}" for c in cells))
+    (run / "dlm-curve.json").write_text(json.dumps(points, indent=2, ensure_ascii=False))
+    return {"curve": points}
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"block size {result['block_size']}, {result['prompts']} prompts × "
@@ -271,9 +316,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="wf bench dlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", required=True, help="run folder or model folder (DLM)")
+    parser.add_argument("--student", help="run folder or model folder (DLM)")
+    parser.add_argument("--curve", metavar="RUN", default=None,
+                        help="instead of measuring: the table of RUN's snapshots/step-N and "
+                        "final benches (each bench-dlm/dlm.json) against the tokens trained "
+                        "on, with the starting student's bench (model.source's run) at 0")
     parser.add_argument("--teacher", default=None,
-                        help="scoring model (default: the run's model.source, else smollm2)")
+                        help="scoring model (default: the run's model.teacher, else its "
+                        "model.source, else smollm2)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS))
     parser.add_argument("--block-size", type=int, default=None,
                         help="default: the block size the student trained with (its "
@@ -287,10 +337,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("bench-dlm"))
     args = parser.parse_args(argv)
+    if args.curve:
+        return print_curve(Path(args.curve))
+    if not args.student:
+        parser.error("--student is required (or --curve RUN)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = run_config(args.student)
-    teacher_src = args.teacher or (config.get("model") or {}).get("source") or "smollm2"
+    model_cfg = run_config(args.student).get("model") or {}
+    teacher_src = (args.teacher or (model_cfg.get("teacher") not in (None, "source")
+                                    and model_cfg["teacher"]) or model_cfg.get("source")
+                   or "smollm2")
     student, tokenizer = load_for_generation(args.student)
     block_size = args.block_size or block_size_of(student) or 32
     teacher = load_model(resolve_source(teacher_src))

@@ -21,3 +21,8 @@ run_dir=runs/dlm_self
 .venv/bin/wf train training=dlm_self model.source="$start/final" run_dir="$run_dir" \
   overwrite=true "$@"
 .venv/bin/wf bench dlm --student "$run_dir" --out "$run_dir/bench-dlm"
+# the curve: tokens per forward against the tokens the DLM phase read, at every snapshot
+for snapshot in "$run_dir"/snapshots/step-*; do
+  .venv/bin/wf bench dlm --student "$snapshot" --out "$snapshot/bench-dlm" > "$snapshot/bench-dlm.log"
+done
+.venv/bin/python bench/dlm.py --curve "$run_dir"
