@@ -324,7 +324,8 @@ def plot(rows: list[dict], png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    # points are numbered (labels of nearby files would overlap); the key is under the plots
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6.5))
     for ax, domain in zip(axes[:2], DOMAINS, strict=True):
         for kind, marker in (("teacher", "o"), ("student", "*")):
             mine = [r for r in rows if (r["kind"] == "student") == (kind == "student")]
@@ -335,21 +336,29 @@ def plot(rows: list[dict], png: Path) -> Path:
                                                 for r in rows])]
         ax.step([r["file_mb"] for r in front], [r["ratio"][domain] for r in front], where="post",
                 color="gray", linestyle="--", label="Pareto frontier")
-        for r in rows:
-            ax.annotate(r["label"], (r["file_mb"], r["ratio"][domain]), fontsize=7,
+        for number, r in enumerate(rows, 1):
+            ax.annotate(str(number), (r["file_mb"], r["ratio"][domain]), fontsize=8,
                         xytext=(3, 3), textcoords="offset points")
         ax.set(title=f"{domain}: perplexity / teacher (lower is better)", xlabel="file MB",
                ylabel="ratio to the teacher", yscale="log")
         ax.legend(fontsize=7)
     speed = axes[2]
-    for r in rows:
+    for number, r in enumerate(rows, 1):
         speed.scatter(r["file_mb"], r["decode_tok_s"]["2"],
-                      marker="*" if r["kind"] == "student" else "o")
-        speed.annotate(r["label"], (r["file_mb"], r["decode_tok_s"]["2"]), fontsize=7,
+                      marker="*" if r["kind"] == "student" else "o",
+                      color="tab:orange" if r["kind"] == "student" else "tab:blue")
+        speed.annotate(str(number), (r["file_mb"], r["decode_tok_s"]["2"]), fontsize=8,
                        xytext=(3, 3), textcoords="offset points")
     speed.set(title="decode speed, 2 threads (higher is better)", xlabel="file MB",
               ylabel="tokens / s")
-    fig.tight_layout()
+    key = [f"{number} {r['label']}" for number, r in enumerate(rows, 1)]
+    columns = 3
+    per_column = -(-len(key) // columns)
+    for c in range(columns):
+        fig.text(0.02 + c * 0.33, 0.01 + 0.022 * per_column,
+                 "\n".join(key[c * per_column:(c + 1) * per_column]), fontsize=8, va="top",
+                 family="monospace")
+    fig.tight_layout(rect=(0, 0.02 + 0.022 * per_column, 1, 1))
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
