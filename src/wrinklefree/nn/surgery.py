@@ -67,7 +67,7 @@ class BitNetConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if self.fp_layers_subln and not self.insert_subln:
+        if self.fp_layers_subln and self.fp_layers and not self.insert_subln:
             raise UserInputError(
                 "fp_layers_subln=true needs insert_subln=true (the full-precision layers get the "
                 "SubLN the ternary ones have); set insert_subln=true or fp_layers_subln=false"

@@ -93,6 +93,7 @@ class BitNetModule(L.LightningModule):
         self.gguf_types = gguf_types
         self.round_step = math.ceil((training.gguf_round_at or 0) * total_steps)
         self._rounded = False
+        self._frozen: list[torch.nn.Parameter] = []
 
     # ---- per-step schedules -------------------------------------------------------------
     def _advance_schedules(self) -> None:
@@ -111,13 +112,17 @@ class BitNetModule(L.LightningModule):
             self._round_to_gguf()
 
     def _round_to_gguf(self) -> None:
-        """Round the parts the GGUF stores in blocks to ``gguf_types`` and freeze them (AdamW
-        skips a parameter without a gradient). On resume past the step this runs again: the
-        rounded values are a fixed point, only the freezing is redone."""
-        for param in round_to_gguf(self.student, self.gguf_types).values():
-            param.requires_grad_(False)
-            param.grad = None
+        """Round the parts the GGUF stores in blocks to ``gguf_types`` and freeze them. On
+        resume past the step this runs again: the rounded values are a fixed point."""
+        self._frozen = list(round_to_gguf(self.student, self.gguf_types).values())
         self._rounded = True
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Drop the gradients of the rounded parameters, so the optimizer skips them (AdamW
+        steps only parameters with a gradient). They keep ``requires_grad``: DDP's reducer
+        waits for a gradient of every parameter it was built with."""
+        for param in self._frozen:
+            param.grad = None
 
     # ---- Lightning hooks ----------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -296,8 +296,15 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer,
         trainer.callbacks.append(ModelSnapshots(run_dir, cfg.training.snapshot_every,
                                                 total_steps, tokenizer, cfg))
     tokens_per_step = cfg.training.batch_size * cfg.training.grad_accum * data_cfg.seq_len
+    rounding = gguf_types(cfg)
+    if rounding is not None and _is_fsdp(cfg):
+        # a shard's rows of V^T are not whole GGUF blocks: round the gathered model at the end
+        warnings.warn("trainer=fsdp: the model.gguf parts are rounded once, after training (no "
+                      "steps train around them); trainer=ddp rounds at training.gguf_round_at",
+                      OneLineWarning, stacklevel=1)
+        rounding = None
     module = BitNetModule(student, manager, teacher, stream, cfg.training, total_steps,
-                          tokens_per_step, remixer, gguf_types(cfg))
+                          tokens_per_step, remixer, rounding)
     # a private generator: creating the loader's iterator must not draw from the global RNG,
     # or a resumed run would mask DLM batches differently from an uninterrupted one
     train_loader = torch.utils.data.DataLoader(StreamBatches(stream, cfg.training.batch_size),
@@ -523,6 +530,12 @@ def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
     return run_dir
 
 
+def _is_fsdp(cfg: DictConfig) -> bool:
+    strategy = cfg.trainer.strategy
+    return strategy == "fsdp" or (isinstance(strategy, DictConfig)
+                                  and strategy.get("name") == "fsdp")
+
+
 def _strategy(cfg: DictConfig):
     """A strategy name ('auto', 'ddp', ...) or, for 'fsdp', Lightning's ModelParallelStrategy
     (FSDP2) built from a dict ``{name: fsdp, ...its options}`` (e.g.
@@ -539,11 +552,6 @@ def _strategy(cfg: DictConfig):
     if cfg.training.snapshot_every is not None:
         raise UserInputError("training.snapshot_every does not work with trainer=fsdp (each rank "
                              "holds a shard): use trainer=ddp, or evaluate the checkpoints")
-    if cfg.training.gguf_round_at is not None:
-        raise UserInputError("training.gguf_round_at does not work with trainer=fsdp (rounding "
-                             "to GGUF blocks needs whole rows, FSDP shards them): use "
-                             "trainer=ddp, or round after training "
-                             "(wrinklefree.export.gguf.round_to_gguf)")
     if cfg.training.optimizer == "muon":  # Newton-Schulz on a shard is not on the matrix
         raise ValueError("training.optimizer=muon does not work with trainer=fsdp (Muon "
                          "orthogonalises whole matrices, FSDP shards them): use "
