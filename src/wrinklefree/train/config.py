@@ -356,7 +356,7 @@ def check_resume_checkpoint(path: Path, what: str | None = None, fix: str = RESU
         reason = str(err).splitlines()[0][:200]
         if reason.startswith("Weights only load failed"):
             reason = "it holds Python objects beyond tensors and plain data; not unpickled"
-        # from None: torch's own message advises loading the file unsafely (weights_only=False)
+        # from None: torch's own message advises the unsafe full-pickle load; never repeat it
         raise UserInputError(
             f"{what} is not a wrinklefree/Lightning checkpoint ({reason}); {fix}") from None
     if not isinstance(state, dict) or not {"state_dict", "loops"} <= set(state):
