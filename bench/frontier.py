@@ -2,6 +2,7 @@
 our exported students, all scored the same way.
 
     wf bench frontier [STUDENT.gguf | FOLDER ...] [--lora ADAPTER] [--types q8_0 q4_0 ...]
+                      [--curve RUN ...] [--target 1.3]
                       [--windows 64] [--seq-len 128] [--loop-prompts 16] [--loop-tokens 24]
                       [--decode-tokens 64] [--threads 2] [--teacher GGUF] [--out runs/frontier]
 
@@ -19,6 +20,15 @@ decode tok/s at 1 and 2 threads, perplexity and its ratio to the shipped teacher
 rep-4 of plain greedy continuations of held-out prompts (``wrinklefree.eval.report``'s prompts
 and measure). Writes ``frontier.json`` and ``frontier.png`` (size against quality per domain with
 the Pareto frontier drawn, and size against decode speed) to ``--out`` and prints the table.
+
+``--curve RUN ...``: quality against training tokens. Every snapshot of each training run
+(``training.snapshot_every``: ``snapshots/step-N``) and its ``final/`` is exported at the types the
+run ships (``out/curve/RUN-step-N.gguf``, once) and scored as a student row with the tokens it
+had trained on; a power law through the points per domain (ratio - 1 = c * tokens^-alpha) gives
+the tokens the recipe would need for ``--target`` (1.3: llama.cpp's Q4_0 of the teacher) in
+``frontier.json`` (``curve``), the printout and ``curve.png``. Points of one run lie on one
+learning-rate schedule: read them as "this run after N tokens", and the projection as a rough
+size for a longer run, not a promise.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -36,6 +47,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from wrinklefree.errors import UserInputError
+from wrinklefree.llamacpp import INSTALL_HINT
 
 # label -> (llama_ftype of llama.h, token-embedding ggml type or None = the quantizer's choice)
 TEACHER_TYPES = {
@@ -152,6 +166,56 @@ def quantize(src: Path, dst: Path, ftype: int, embed_type: int | None) -> Path:
     return dst
 
 
+def curve_points(runs: list[str], out: Path) -> list[tuple[str, Path, Path | None, int]]:
+    """(label, model, adapter, tokens trained on) for every snapshot and the ``final/`` of each
+    training run, exported to ``out`` (at the types the run ships) unless already there."""
+    import json as json_module
+
+    from omegaconf import OmegaConf
+
+    from wrinklefree.errors import UserInputError
+    from wrinklefree.export import export_model
+    from wrinklefree.llamacpp import find_adapter
+
+    points = []
+    for run in map(Path, runs):
+        if not (run / "config.yaml").is_file() or not (run / "report.json").is_file():
+            raise UserInputError(f"--curve {run}: not a finished training run (config.yaml and "
+                                 "report.json); train it with training.snapshot_every=N first")
+        cfg = OmegaConf.load(run / "config.yaml")
+        report = json_module.loads((run / "report.json").read_text())
+        tokens_per_step = (cfg.training.batch_size * cfg.training.grad_accum * cfg.data.seq_len
+                           * report.get("world_size", 1))
+        folders = {int(p.name.removeprefix("step-")): p
+                   for p in (run / "snapshots").glob("step-*") if (p / "config.json").is_file()}
+        folders[report["total_steps"]] = run / "final"
+        for step, folder in sorted(folders.items()):
+            model = out / f"{run.name}-step-{step}.gguf"
+            if not model.is_file():
+                print(f"exporting {folder} -> {model}", flush=True)
+                export_model(folder, model)
+            points.append((f"{run.name} step {step}", model, find_adapter(model, None),
+                           step * tokens_per_step))
+    return points
+
+
+def fit_power_law(tokens: list[float], ratios: list[float], target: float) -> dict:
+    """Least squares of log(ratio - 1) on log(tokens) -- the power law in data of Kaplan et al.
+    2020 (arXiv 2001.08361, eq. 1.2): ratio - 1 = c * D^-alpha -- and the D where it reaches
+    ``target`` (None unless the ratio falls with tokens). Points at or under 1 are left out."""
+    kept = [(math.log(t), math.log(r - 1)) for t, r in zip(tokens, ratios, strict=True) if r > 1]
+    if len(kept) < 2:
+        return {"alpha": None, "c": None, "points": len(kept), "tokens_at_target": None}
+    mean_x = sum(x for x, _ in kept) / len(kept)
+    mean_y = sum(y for _, y in kept) / len(kept)
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in kept)
+             / sum((x - mean_x) ** 2 for x, _ in kept))
+    log_c = mean_y - slope * mean_x  # log(ratio - 1) = log c - alpha * log D
+    at_target = math.exp((math.log(target - 1) - log_c) / slope) if slope < 0 else None
+    return {"alpha": -slope, "c": math.exp(log_c), "points": len(kept),
+            "tokens_at_target": at_target}
+
+
 def student_files(paths: list[str], lora: str | None) -> list[tuple[str, Path, Path | None]]:
     """(label, model, adapter) per student: each ``.gguf`` given, or every model ``.gguf`` of a
     folder given; the adapter is ``--lora`` (one student only) or the one beside the model."""
@@ -231,14 +295,18 @@ def _continue(llm, new_tokens: int) -> list[int]:
     return out
 
 
-def decode_rate(llm, prompt: list[int], new_tokens: int) -> float:
-    """Tokens per second of greedy decoding after ``prompt`` (the prompt itself not timed)."""
+def decode_rate(llm, prompt: list[int], new_tokens: int, repeats: int = 3) -> float:
+    """Tokens per second of greedy decoding after ``prompt`` (the prompt itself not timed),
+    the best of ``repeats`` runs: one 64-token run moved by a third between two benches."""
     _greedy(llm, prompt, 1)  # warm-up: first-call allocations
-    llm.reset()
-    llm.eval(prompt)
-    start = time.perf_counter()
-    _continue(llm, new_tokens)
-    return new_tokens / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(repeats):
+        llm.reset()
+        llm.eval(prompt)
+        start = time.perf_counter()
+        _continue(llm, new_tokens)
+        best = max(best, new_tokens / (time.perf_counter() - start))
+    return best
 
 
 def score(model: Path, adapter: Path | None, windows: dict[str, np.ndarray],
@@ -264,7 +332,8 @@ def score(model: Path, adapter: Path | None, windows: dict[str, np.ndarray],
         with _timed(row["seconds"], "speed"):
             for threads in THREADS:
                 llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
-                row["decode_tok_s"][str(threads)] = decode_rate(llm, prompt, args.decode_tokens)
+                row["decode_tok_s"][str(threads)] = decode_rate(llm, prompt, args.decode_tokens,
+                                                                args.speed_repeats)
         return row
     finally:
         llm.close()
@@ -398,11 +467,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loop-prompts", type=int, default=16, help="greedy prompts per domain")
     parser.add_argument("--loop-tokens", type=int, default=24, help="greedy tokens per prompt")
     parser.add_argument("--decode-tokens", type=int, default=64, help="tokens timed per speed")
+    parser.add_argument("--speed-repeats", type=int, default=3,
+                        help="decode timings per thread count; the best is kept")
     parser.add_argument("--threads", type=int, default=2,
                         help="llama.cpp threads for perplexity and loops (speed: 1 and 2 always); "
                         "1 on a busy machine, where 2 threads wait on each other")
+    parser.add_argument("--curve", nargs="+", metavar="RUN", default=[],
+                        help="training runs whose snapshots and final/ become rows with the "
+                        "tokens they trained on, and a power-law projection")
+    parser.add_argument("--target", type=float, default=1.3,
+                        help="the ratio to the teacher the curve projects the tokens of "
+                        "(1.3: the teacher's Q4_0 in llama.cpp)")
     parser.add_argument("--out", default="runs/frontier", help="output folder")
     args = parser.parse_args(argv)
+    if args.target <= 1:
+        from wrinklefree.errors import UserInputError
+
+        raise UserInputError(f"--target {args.target}: a ratio to the teacher above 1 (1.3 = "
+                             "its Q4_0); the power law reaches 1 only at infinite tokens")
     unknown = sorted(set(args.types) - set(TEACHER_TYPES))
     if unknown:
         from wrinklefree.errors import UserInputError
@@ -412,25 +494,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_models(args: argparse.Namespace, teacher: Path, out: Path) -> list[tuple]:
-    """(label, kind, model, adapter) of every row: the teacher, its llama.cpp quantizations
-    (written to ``out``), the students."""
-    models = [("teacher as shipped", "teacher", teacher, None)]
+    """(label, kind, model, adapter, tokens trained on or None) of every row: the teacher, its
+    llama.cpp quantizations (written to ``out``), the students, the curve's points."""
+    models = [("teacher as shipped", "teacher", teacher, None, None)]
     for name in args.types:
         path = out / f"teacher-{re.sub(r'[^a-z0-9]+', '-', name)}.gguf"
         models.append((f"teacher -> {name}", "teacher",
-                       quantize(teacher, path, *TEACHER_TYPES[name]), None))
-    return models + [(label, "student", m, a)
-                     for label, m, a in student_files(args.students, args.lora)]
+                       quantize(teacher, path, *TEACHER_TYPES[name]), None, None))
+    models += [(label, "student", m, a, None)
+               for label, m, a in student_files(args.students, args.lora)]
+    return models + [(label, "student", m, a, tokens) for label, m, a, tokens in
+                     curve_points(args.curve, out / "curve")]
 
 
-def measure(label: str, kind: str, model: Path, adapter: Path | None,
+def measure(label: str, kind: str, model: Path, adapter: Path | None, tokens: int | None,
             windows: dict[str, np.ndarray], args: argparse.Namespace) -> dict:
     """One row: the files' size and bits, then :func:`score`, with wall and process CPU
     seconds (on a busy machine the CPU time says what an idle one would take)."""
     print(f"scoring {label} ({model.name}{' + ' + adapter.name if adapter else ''})", flush=True)
     size = model.stat().st_size + (adapter.stat().st_size if adapter else 0)
     begin, cpu = time.perf_counter(), time.process_time()
-    return {"label": label, "kind": kind, "model": str(model),
+    return {"label": label, "kind": kind, "model": str(model), "tokens": tokens,
             "adapter": str(adapter) if adapter else None, "file_mb": size / 1e6,
             "bits_per_linear_weight": linear_bits(model, adapter),
             **score(model, adapter, windows, args),
@@ -453,6 +537,8 @@ def main(argv: list[str] | None = None) -> dict:
     from wrinklefree import assets
 
     args = parse_args(argv)
+    if importlib.util.find_spec("llama_cpp") is None:  # every row is quantized and scored there
+        raise UserInputError(f"wf bench frontier scores every model in llama.cpp: {INSTALL_HINT}")
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -468,13 +554,62 @@ def main(argv: list[str] | None = None) -> dict:
                "rows": rows, "wall_s": time.perf_counter() - start,
                # decode speeds mean little on a busy machine: the load says how busy it was
                "load_average": os.getloadavg()}
+    points = [r for r in rows if r["tokens"] is not None]
+    if points:
+        summary["curve"] = {d: fit_power_law([r["tokens"] for r in points],
+                                             [r["ratio"][d] for r in points], args.target)
+                            for d in DOMAINS}
     (out / "frontier.json").write_text(json.dumps(summary, indent=1))
     png = plot(rows, out / "frontier.png")
     print(table(rows))
     print(f"* = on the Pareto frontier (file MB, ratio) of that domain; {args.windows} test "
           f"windows x {args.seq_len} tokens per domain; {summary['wall_s']:.0f} s")
+    if points:
+        print(curve_lines(points, summary["curve"], args.target))
+        print(f"wrote {plot_curve(points, summary['curve'], args.target, out / 'curve.png')}")
     print(f"wrote {out / 'frontier.json'} and {png}")
     return summary
+
+
+def curve_lines(points: list[dict], fits: dict[str, dict], target: float) -> str:
+    """Tokens and ratio per curve point, then the fit and its projection per domain."""
+    lines = ["quality against training tokens:",
+             *[f"  {r['label']:<28} {r['tokens']:>12,} tokens  " + "  ".join(
+                 f"{d} {r['ratio'][d]:.2f}x" for d in DOMAINS) for r in points]]
+    for d, fit in fits.items():
+        if fit["tokens_at_target"] is None:
+            lines.append(f"  {d}: no falling power law through {fit['points']} point(s)")
+        else:
+            lines.append(f"  {d}: ratio - 1 = {fit['c']:.3g} * tokens^-{fit['alpha']:.3f}; "
+                         f"{target:g}x at ~{fit['tokens_at_target']:.1e} tokens")
+    return "\n".join(lines)
+
+
+def plot_curve(points: list[dict], fits: dict[str, dict], target: float, png: Path) -> Path:
+    """Ratio to the teacher against training tokens per domain (log-log), with the fit
+    extended to the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for d in DOMAINS:
+        tokens = [r["tokens"] for r in points]
+        (line,) = ax.plot(tokens, [r["ratio"][d] for r in points], "o", label=d)
+        fit = fits[d]
+        if fit["tokens_at_target"] is not None:
+            xs = np.geomspace(min(tokens), max(max(tokens), fit["tokens_at_target"]), 50)
+            ax.plot(xs, 1 + fit["c"] * xs ** -fit["alpha"], "--", color=line.get_color(),
+                    label=f"{d}: 1 + {fit['c']:.3g}·D^-{fit['alpha']:.3f}")
+    ax.axhline(target, color="gray", linestyle=":", label=f"target {target:g}x")
+    ax.set(xscale="log", yscale="log", xlabel="training tokens (end to end)",
+           ylabel="perplexity / teacher (llama.cpp)", title="quality against training tokens")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
 
 
 if __name__ == "__main__":

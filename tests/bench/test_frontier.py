@@ -100,3 +100,38 @@ def test_students_are_gguf_files_or_folders_of_them(tmp_path):
     with pytest.raises(UserInputError, match="names one adapter for 2 students"):
         student_files([str(empty)], str(empty / "a.lora.gguf"))
     assert student_files([str(empty / "b.gguf")], "none")[0][2] is None
+
+
+def test_without_llama_cpp_the_bench_says_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.util
+
+    from wrinklefree.errors import UserInputError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(UserInputError, match=r"WF_WITH_LLAMACPP=1 ./scripts/install.sh"):
+        FRONTIER["main"](["--out", str(tmp_path / "frontier")])
+    assert not (tmp_path / "frontier").exists()  # nothing written
+
+
+def test_power_law_fit_by_hand():
+    """ratio - 1 = c * D^-alpha (Kaplan et al. 2020, eq. 1.2) through (1e4, 11) and (1e6, 2):
+    alpha = ln(10 / 1) / ln(1e6 / 1e4) = 0.5, c = 1 * (1e6)^0.5 = 1000, and 1.1x where
+    1000 * D^-0.5 = 0.1, i.e. D = 1e8."""
+    fit = FRONTIER["fit_power_law"]([1e4, 1e6, 1e5], [11.0, 2.0, 0.9], target=1.1)
+    assert fit["points"] == 2  # the point at or under 1 is left out
+    assert fit["alpha"] == pytest.approx(0.5)
+    assert fit["c"] == pytest.approx(1000.0)
+    assert fit["tokens_at_target"] == pytest.approx(1e8)
+    rising = FRONTIER["fit_power_law"]([1e4, 1e6], [2.0, 3.0], target=1.3)
+    assert rising["tokens_at_target"] is None and rising["alpha"] < 0
+
+
+def test_curve_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
+    from wrinklefree.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r"--curve .*not a finished training run"):
+        FRONTIER["curve_points"]([str(tmp_path)], tmp_path / "curve")
+    with pytest.raises(UserInputError, match=r"--target 1.0: a ratio to the teacher above 1"):
+        FRONTIER["parse_args"](["--target", "1.0"])

@@ -39,6 +39,8 @@ def test_ratios_and_table_by_hand():
     assert ("perplexity on the test windows: asv 64 x 128 tokens, english 64 x 128 tokens"
             in format_report(report).splitlines())
     assert "trained   'And God said,' -> ' x'" in table
+    report["seconds"] = {"teacher eval": 41.6, "training": 548.4}
+    assert "time: teacher eval 42 s, training 9 min 08 s" in format_report(report).splitlines()
 
 
 def test_held_out_prompts_open_equal_chunks_of_the_windows_text():

@@ -53,3 +53,34 @@ def test_frontier_of_a_tiny_model(tmp_path):
     assert smallest["pareto"] == {"asv": True, "english": True}
     png = out / "frontier.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_of_a_run_scores_its_snapshots_with_their_tokens(tmp_path):
+    """--curve RUN: each snapshot and final/ is exported once, scored as a student row with the
+    tokens it trained on (step x batch x grad_accum x seq_len x world), and fitted."""
+    folder = save_tiny(tmp_path / "model")
+    teacher = tmp_path / "teacher.gguf"
+    wf(["export", str(folder), str(teacher), "--type", "f16", "--embed-type", "f16"])
+    run = tmp_path / "run"
+    save_tiny(run / "snapshots" / "step-2", seed=1)
+    save_tiny(run / "final", seed=2)
+    (run / "config.yaml").write_text("training: {batch_size: 4, grad_accum: 2}\n"
+                                     "data: {seq_len: 32}\n")
+    (run / "report.json").write_text(json.dumps({"total_steps": 5, "world_size": 1}))
+    out = tmp_path / "frontier"
+    args = ["--curve", str(run), "--teacher", str(teacher), "--types", "--windows", "2",
+            "--seq-len", "32", "--loop-prompts", "2", "--loop-tokens", "4", "--decode-tokens",
+            "4", "--out", str(out)]
+    summary = runpy.run_path(str(FRONTIER))["main"](args)
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert list(rows) == ["teacher as shipped", "run step 2", "run step 5"]
+    assert rows["run step 2"]["tokens"] == 2 * 4 * 2 * 32
+    assert rows["run step 5"]["tokens"] == 5 * 4 * 2 * 32
+    assert rows["teacher as shipped"]["tokens"] is None
+    assert sorted(p.name for p in (out / "curve").glob("*.gguf")) == [
+        "run-step-2.gguf", "run-step-5.gguf"]
+    assert set(summary["curve"]) == {"asv", "english"}
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = (out / "curve" / "run-step-5.gguf").stat().st_mtime_ns
+    runpy.run_path(str(FRONTIER))["main"](args)  # a second run exports nothing again
+    assert (out / "curve" / "run-step-5.gguf").stat().st_mtime_ns == before

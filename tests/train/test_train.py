@@ -141,15 +141,20 @@ def test_model_gguf_type_is_checked_before_anything_runs(tiny_config):
 
 def test_snapshots_save_loadable_models_along_the_run(tiny_config):
     """training.snapshot_every: a model folder every N steps (the last step is final/), each
-    the student as it was then."""
+    the student as it was then, recording the types its run ships (exported at them by default,
+    also when it was taken before the rounding step)."""
     from wrinklefree.eval.perplexity import perplexity
+    from wrinklefree.export.gguf import recorded_gguf_types
 
     run_dir = train_run.train(tiny_config("training.max_steps=4", "training.snapshot_every=2",
-                                          "training.warmup_steps=0"))
+                                          "training.warmup_steps=0", "training.gguf_round_at=1.0",
+                                          "model.gguf.embed_type=q5_0"))
     assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == ["step-2"]
     snapshot, final = load_bitnet(run_dir / "snapshots" / "step-2"), load_bitnet(run_dir / "final")
     windows = torch.randint(0, 100, (2, 16))
     assert perplexity(snapshot, windows) != perplexity(final, windows)  # two steps apart
+    assert recorded_gguf_types(snapshot).embed_type == "q5_0"
+    assert recorded_gguf_types(final) == recorded_gguf_types(snapshot)
     assert (run_dir / "snapshots" / "step-2" / "tokenizer_config.json").is_file()
 
 
@@ -168,6 +173,9 @@ def test_curriculum_phase_switches_the_data_mixture(tiny_config, text_files):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["trained"]["perplexity"] > 0
     assert (run_dir / "loss.png").is_file()
+    # where the time went, by phase (the report's time line)
+    assert {"models and data", "training", "trained eval"} <= set(report["seconds"])
+    assert all(t >= 0 for t in report["seconds"].values())
 
 
 def test_repetition_penalty_trains_beside_kd_and_is_logged(tiny_config):

@@ -155,6 +155,9 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("storage"):
         lines.extend(f"student {line}" if i == 0 else line
                      for i, line in enumerate(format_storage(report["storage"]).splitlines()))
+    if report.get("seconds"):
+        lines.append("time: " + ", ".join(f"{phase} {_duration(t)}"
+                                          for phase, t in report["seconds"].items()))
     if penalized:
         lines.append(f"rep-4: greedy on held-out prompts; {penalized[0]}: the same with the "
                      f"repetition penalty {penalty:g} (training.sample_repetition_penalty)")
@@ -164,6 +167,12 @@ def format_report(report: dict[str, Any]) -> str:
         for s in report[row].get("samples", []):
             lines.append(f"  {row:<{label}} {s['prompt']!r} -> {s['text']!r}")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """'42 s' or '9 min 08 s'."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
 def _num(value: float | None, decimals: int | None = None) -> str:

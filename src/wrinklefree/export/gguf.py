@@ -115,7 +115,7 @@ class GGUFOptions:
         return ", ".join(f"{k.removesuffix('_type')} {v}" for k, v in asdict(self).items())
 
 
-GGUF_TYPES_KEY = "gguf_types"  # config.json: the types a model was rounded to (round_to_gguf)
+GGUF_TYPES_KEY = "gguf_types"  # config.json: the types a model ships as (rounded to, or its run's)
 
 
 def record_gguf_types(model: nn.Module, options: GGUFOptions) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from wrinklefree.data.packing import collate
 from wrinklefree.data.sources import source_files
 from wrinklefree.errors import OneLineWarning, UserInputError, write_failure
 from wrinklefree.eval.report import evaluate_model, format_report, ratios_to_teacher
-from wrinklefree.export.gguf import GGUFOptions, round_to_gguf
+from wrinklefree.export.gguf import GGUFOptions, record_gguf_types, round_to_gguf
 from wrinklefree.export.size import storage_report
 from wrinklefree.files import remove_orphans, staged_file
 from wrinklefree.models import check_context, load_model, load_tokenizer
@@ -231,6 +232,8 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer,
     the folder as it was), then train and finish; runs while this process holds the run folder.
     ``record_config``: a fresh run or a resume that changed the run's length."""
     rank, world = trainer.global_rank, trainer.world_size
+    seconds: dict[str, float] = {}  # wall time by phase, in the report: where a run's time goes
+    started = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model.source)
     # data is tokenised with the source's own vocabulary: a DLM student's <|mask|> (added to
     # `tokenizer` by build_student) is a model-side token no text may turn into, and the token
@@ -272,20 +275,26 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer,
                               "world_size": world}
     report["windows"] = {split: {d: list(w.shape) for d, w in per_domain.items()}
                          for split, per_domain in eval_windows.items()}
+    report["seconds"] = seconds
+    seconds["models and data"] = round(time.perf_counter() - started, 1)
     if cfg.training.eval_before and resume is None and rank == 0:
         if teacher is not None:
-            report["teacher"] = _evaluate(teacher.model, tokenizer, cfg, eval_windows)
+            with _timed(seconds, "teacher eval"):
+                report["teacher"] = _evaluate(teacher.model, tokenizer, cfg, eval_windows)
             _print_row("teacher (full precision)", report["teacher"])
         set_quant_lambda(student, cfg.training.quant_lambda.end)
-        report["converted"] = _evaluate(student, tokenizer, cfg, eval_windows)
+        with _timed(seconds, "converted eval"):
+            report["converted"] = _evaluate(student, tokenizer, cfg, eval_windows)
         _print_row("converted student (no training)", report["converted"])
 
     if cfg.training.reconstruct.epochs > 0 and resume is None:
-        report["reconstruction_errors"] = _reconstruct(
-            student, teacher, data_tokenizer, cfg, data_cfg, trainer.strategy.root_device)
+        with _timed(seconds, "reconstruction"):
+            report["reconstruction_errors"] = _reconstruct(
+                student, teacher, data_tokenizer, cfg, data_cfg, trainer.strategy.root_device)
         if cfg.training.eval_before and rank == 0:
             set_quant_lambda(student, cfg.training.quant_lambda.end)
-            report["reconstructed"] = _evaluate(student, tokenizer, cfg, eval_windows)
+            with _timed(seconds, "reconstructed eval"):
+                report["reconstructed"] = _evaluate(student, tokenizer, cfg, eval_windows)
             _print_row("reconstructed student (layer by layer)", report["reconstructed"])
 
     if total_steps == 0:  # convert only (stage 1)
@@ -316,7 +325,8 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer,
     with warnings.catch_warnings():
         # refused unless resuming or overwriting, so a non-empty checkpoints/ is expected here
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+        with _timed(seconds, "training"):
+            trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     if world > 1 and not is_sharded(student):  # replicas (ddp); fsdp ranks hold shards
         report["ddp_weight_checksums"] = _rank_checksums(trainer, student)
     whole = gathered_student(student, trainer.strategy.root_device)  # fsdp: one whole copy
@@ -329,6 +339,14 @@ def _train_locked(cfg: DictConfig, data_cfg: DataConfig, run_dir: Path, trainer,
         # each rank leaves cleanly: gloo can abort (SIGABRT) at interpreter exit otherwise
         torch.distributed.destroy_process_group()
     return run_dir
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    """Record the wall time of the block as ``seconds[phase]`` (the report's time line)."""
+    start = time.perf_counter()
+    yield
+    seconds[phase] = round(time.perf_counter() - start, 1)
 
 
 @contextlib.contextmanager
@@ -459,6 +477,8 @@ def _save_model(folder: Path, student, tokenizer, cfg: DictConfig) -> None:
     """Save ``student`` as a model folder at the final quantization strength (``final/`` and
     the snapshots)."""
     set_quant_lambda(student, cfg.training.quant_lambda.end)
+    if gguf_types(cfg) is not None:  # a snapshot taken before the rounding step exports (and is
+        record_gguf_types(student, gguf_types(cfg))  # sized) at the types its run ships
     if getattr(student, "generation_config", None) is not None:
         # the decoding of the report's samples travels with the model (generation_config.json):
         # `wf generate`, `wf chat`, `wf export` and transformers' generate() start from it
@@ -514,7 +534,8 @@ def _finish(run_dir: Path, student, tokenizer, cfg: DictConfig,
     # model.gguf's where it was rounded to them)
     report["storage"] = storage_report(student, tokenizer_dir=final, name=final.name)
     if cfg.training.max_steps != 0:
-        report["trained"] = _evaluate(student, tokenizer, cfg, eval_windows)
+        with _timed(report.setdefault("seconds", {}), "trained eval"):
+            report["trained"] = _evaluate(student, tokenizer, cfg, eval_windows)
         _print_row("trained student", report["trained"])
     report["ratio_to_teacher"] = ratios_to_teacher(report)  # None: the teacher was not evaluated
     print(format_report(report), flush=True)
