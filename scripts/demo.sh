@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install (if needed) and run the demo: convert the embedded SmolLM2-135M to BitNet b1.58, rebuild
-# it layer by layer from its full-precision copy, distil it on ASV + teacher-sampled text (~12 min
+# it layer by layer from its full-precision copy, distil it on ASV + teacher-sampled text (~20 min
 # on 2 CPU cores), report perplexities on both domains and samples, then export it for llama.cpp
 # (runs/demo.gguf + runs/demo.lora.gguf; `wf generate runs/demo.gguf` runs it). Extra arguments
 # are Hydra overrides, e.g. `./scripts/demo.sh training.max_steps=200`.

@@ -26,6 +26,7 @@ def test_frontier_of_a_tiny_model(tmp_path):
     students = tmp_path / "students"
     students.mkdir()
     wf(["export", str(folder), str(students / "ternary.gguf"), "--embed-type", "q8_0"])
+    (students / "ternary_copy.gguf").write_bytes((students / "ternary.gguf").read_bytes())
     out = tmp_path / "frontier"
     summary = runpy.run_path(str(FRONTIER))["main"]([
         str(students), "--teacher", str(teacher), "--types", "q8_0", "--windows", "2",
@@ -35,8 +36,14 @@ def test_frontier_of_a_tiny_model(tmp_path):
     assert saved["rows"] == json.loads(json.dumps(summary["rows"]))
     assert saved["windows"] == {"asv": [2, 32], "english": [2, 32]}
     rows = {r["label"]: r for r in saved["rows"]}
-    assert list(rows) == ["teacher as shipped", "teacher -> q8_0", "students/ternary"]
-    assert [r["kind"] for r in rows.values()] == ["teacher", "teacher", "student"]
+    assert list(rows) == ["teacher as shipped", "teacher -> q8_0", "students/ternary",
+                          "students/ternary_copy"]
+    assert [r["kind"] for r in rows.values()] == ["teacher", "teacher", "student", "student"]
+    # a file already scored (by its bytes) is not scored again: the same numbers, no time
+    copy = rows.pop("students/ternary_copy")
+    assert copy["same_file_as"] == "students/ternary" and copy["score_s"] == 0.0
+    assert copy["perplexity"] == rows["students/ternary"]["perplexity"]
+    assert rows["students/ternary"]["same_file_as"] is None
     for r in rows.values():
         assert r["file_mb"] > 0 and set(r["decode_tok_s"]) == {"1", "2"}
         assert all(v > 0 for v in r["decode_tok_s"].values())

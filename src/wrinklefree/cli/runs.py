@@ -37,7 +37,7 @@ def train_parser(sub) -> None:
         "ratio to the teacher per domain, and greedy samples with their rep-4 / distinct-2\n"
         "(also in RUN_DIR/report.json; see docs/training.md).\n\n"
         "examples:\n"
-        "  wf train                                   # the demo (~12 minutes on 2 cores)\n"
+        "  wf train                                   # the demo (~20 minutes on 2 cores)\n"
         "  wf train training=cpu_hour                 # its recipe for about an hour\n"
         "  wf train training=stage3_distill training.max_steps=200\n"
         "  wf train data=asv_teacher_mix              # half ASV, half the teacher's own samples\n"
