@@ -24,11 +24,12 @@ the Pareto frontier drawn, and size against decode speed) to ``--out`` and print
 ``--curve RUN ...``: quality against training tokens. Every snapshot of each training run
 (``training.snapshot_every``: ``snapshots/step-N``) and its ``final/`` is exported at the types the
 run ships (``out/curve/RUN-step-N.gguf``, once) and scored as a student row with the tokens it
-had trained on; a power law through the points per domain (ratio - 1 = c * tokens^-alpha) gives
-the tokens the recipe would need for ``--target`` (1.3: llama.cpp's Q4_0 of the teacher) in
-``frontier.json`` (``curve``), the printout and ``curve.png``. Points of one run lie on one
-learning-rate schedule: read them as "this run after N tokens", and the projection as a rough
-size for a longer run, not a promise.
+had trained on (a snapshot taken before the run's ``training.gguf_round_at`` step is rounded to
+those types at export, not trained around them: its label says so). A power law through the
+points per domain (ratio - 1 = c * tokens^-alpha) gives the tokens the recipe would need for
+``--target`` (1.3: llama.cpp's Q4_0 of the teacher) in ``frontier.json`` (``curve``), the
+printout and ``curve.png``. Points of one run lie on one learning-rate schedule: read them as
+"this run after N tokens", and the projection as a rough size for a longer run, not a promise.
 """
 
 from __future__ import annotations
@@ -189,12 +190,15 @@ def curve_points(runs: list[str], out: Path) -> list[tuple[str, Path, Path | Non
         folders = {int(p.name.removeprefix("step-")): p
                    for p in (run / "snapshots").glob("step-*") if (p / "config.json").is_file()}
         folders[report["total_steps"]] = run / "final"
+        round_at = cfg.training.get("gguf_round_at")  # a snapshot before it is rounded at export
+        round_step = math.ceil(round_at * report["total_steps"]) if round_at is not None else 0
         for step, folder in sorted(folders.items()):
             model = out / f"{run.name}-step-{step}.gguf"
             if not model.is_file():
                 print(f"exporting {folder} -> {model}", flush=True)
                 export_model(folder, model)
-            points.append((f"{run.name} step {step}", model, find_adapter(model, None),
+            late = " (rounded at export)" if step < round_step else ""
+            points.append((f"{run.name} step {step}{late}", model, find_adapter(model, None),
                            step * tokens_per_step))
     return points
 

@@ -71,8 +71,8 @@ def test_curve_of_a_run_scores_its_snapshots_with_their_tokens(tmp_path):
     run = tmp_path / "run"
     save_tiny(run / "snapshots" / "step-2", seed=1)
     save_tiny(run / "final", seed=2)
-    (run / "config.yaml").write_text("training: {batch_size: 4, grad_accum: 2}\n"
-                                     "data: {seq_len: 32}\n")
+    (run / "config.yaml").write_text("training: {batch_size: 4, grad_accum: 2, gguf_round_at: 0.5}"
+                                     "\ndata: {seq_len: 32}\n")
     (run / "report.json").write_text(json.dumps({"total_steps": 5, "world_size": 1}))
     out = tmp_path / "frontier"
     args = ["--curve", str(run), "--teacher", str(teacher), "--types", "--windows", "2",
@@ -80,8 +80,9 @@ def test_curve_of_a_run_scores_its_snapshots_with_their_tokens(tmp_path):
             "4", "--out", str(out)]
     summary = runpy.run_path(str(FRONTIER))["main"](args)
     rows = {r["label"]: r for r in summary["rows"]}
-    assert list(rows) == ["teacher as shipped", "run step 2", "run step 5"]
-    assert rows["run step 2"]["tokens"] == 2 * 4 * 2 * 32
+    # step 2 is before the rounding step ceil(0.5 * 5) = 3
+    assert list(rows) == ["teacher as shipped", "run step 2 (rounded at export)", "run step 5"]
+    assert rows["run step 2 (rounded at export)"]["tokens"] == 2 * 4 * 2 * 32
     assert rows["run step 5"]["tokens"] == 5 * 4 * 2 * 32
     assert rows["teacher as shipped"]["tokens"] is None
     assert sorted(p.name for p in (out / "curve").glob("*.gguf")) == [
