@@ -456,7 +456,7 @@ def table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 2)[2])
     parser.add_argument("students", nargs="*", metavar="STUDENT",
@@ -465,7 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "x.lora.gguf beside it; none = the base alone)")
     parser.add_argument("--teacher", help="teacher GGUF (default: the embedded SmolLM2 Q4_1)")
     parser.add_argument("--types", nargs="*", default=list(TEACHER_TYPES), metavar="TYPE",
-                        help=f"llama.cpp quantizations of the teacher ({', '.join(TEACHER_TYPES)})")
+                        help="llama.cpp quantizations of the teacher, each one argument: "
+                        + " ".join(f"'{t}'" for t in TEACHER_TYPES) + " (none: --types alone)")
     parser.add_argument("--windows", type=int, default=64, help="test windows per domain")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per window")
     parser.add_argument("--loop-prompts", type=int, default=16, help="greedy prompts per domain")
