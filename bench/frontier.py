@@ -591,8 +591,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def curve_lines(points: list[dict], fits: dict[str, dict], target: float) -> str:
     """Tokens and ratio per curve point, then the fit and its projection per domain."""
+    width = max(len(r["label"]) for r in points)
     lines = ["quality against training tokens:",
-             *[f"  {r['label']:<28} {r['tokens']:>12,} tokens  " + "  ".join(
+             *[f"  {r['label']:<{width}} {r['tokens']:>12,} tokens  " + "  ".join(
                  f"{d} {r['ratio'][d]:.2f}x" for d in DOMAINS) for r in points]]
     for d, fit in fits.items():
         if fit["tokens_at_target"] is None:
