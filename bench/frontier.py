@@ -170,11 +170,8 @@ def quantize(src: Path, dst: Path, ftype: int, embed_type: int | None) -> Path:
 def curve_points(runs: list[str], out: Path) -> list[tuple[str, Path, Path | None, int]]:
     """(label, model, adapter, tokens trained on) for every snapshot and the ``final/`` of each
     training run, exported to ``out`` (at the types the run ships) unless already there."""
-    import json as json_module
-
     from omegaconf import OmegaConf
 
-    from wrinklefree.errors import UserInputError
     from wrinklefree.export import export_model
     from wrinklefree.llamacpp import find_adapter
 
@@ -184,7 +181,7 @@ def curve_points(runs: list[str], out: Path) -> list[tuple[str, Path, Path | Non
             raise UserInputError(f"--curve {run}: not a finished training run (config.yaml and "
                                  "report.json); train it with training.snapshot_every=N first")
         cfg = OmegaConf.load(run / "config.yaml")
-        report = json_module.loads((run / "report.json").read_text())
+        report = json.loads((run / "report.json").read_text())
         tokens_per_step = (cfg.training.batch_size * cfg.training.grad_accum * cfg.data.seq_len
                            * report.get("world_size", 1))
         folders = {int(p.name.removeprefix("step-")): p
@@ -223,7 +220,6 @@ def fit_power_law(tokens: list[float], ratios: list[float], target: float) -> di
 def student_files(paths: list[str], lora: str | None) -> list[tuple[str, Path, Path | None]]:
     """(label, model, adapter) per student: each ``.gguf`` given, or every model ``.gguf`` of a
     folder given; the adapter is ``--lora`` (one student only) or the one beside the model."""
-    from wrinklefree.errors import UserInputError
     from wrinklefree.llamacpp import find_adapter
 
     models: list[Path] = []
@@ -485,16 +481,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(1.3: the teacher's Q4_0 in llama.cpp)")
     parser.add_argument("--out", default="runs/frontier", help="output folder")
     args = parser.parse_args(argv)
+    if args.speed_repeats < 1:
+        raise UserInputError(f"--speed-repeats {args.speed_repeats}: at least 1 decode timing "
+                             "per thread count (3, the default, keeps the best of three)")
     if args.target <= 1:
-        from wrinklefree.errors import UserInputError
-
         raise UserInputError(f"--target {args.target}: a ratio to the teacher above 1 (1.3 = "
                              "its Q4_0); the power law reaches 1 only at infinite tokens")
     unknown = sorted(set(args.types) - set(TEACHER_TYPES))
     if unknown:
-        from wrinklefree.errors import UserInputError
-
-        raise UserInputError(f"--types {' '.join(unknown)}: choose from {', '.join(TEACHER_TYPES)}")
+        raise UserInputError(f"--types {' '.join(repr(t) for t in unknown)}: choose from "
+                             + " ".join(f"'{t}'" for t in TEACHER_TYPES))
     return args
 
 

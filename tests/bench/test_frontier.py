@@ -135,3 +135,5 @@ def test_curve_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
         FRONTIER["curve_points"]([str(tmp_path)], tmp_path / "curve")
     with pytest.raises(UserInputError, match=r"--target 1.0: a ratio to the teacher above 1"):
         FRONTIER["parse_args"](["--target", "1.0"])
+    with pytest.raises(UserInputError, match=r"--speed-repeats 0: at least 1"):
+        FRONTIER["parse_args"](["--speed-repeats", "0"])
