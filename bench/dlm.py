@@ -100,12 +100,15 @@ def decode_row(name: str, decode, student: nn.Module, teacher: nn.Module,
     n_tokens = calls = 0
     seconds = nll = 0.0
     samples = []
+    checked, accepted = [], []  # self-speculation's draft counts over every prompt
     for prompt in prompts.split(1):
         prompt_s = prompt_seconds(student, prompt)
         stats = DecodeStats()
         tokens, total_s = timed_decode(decode(prompt, stats))
         if len(tokens) != new_tokens:
             raise RuntimeError(f"{name}: decoded {len(tokens)} tokens, expected {new_tokens}")
+        add_counts(checked, stats.drafts_checked)
+        add_counts(accepted, stats.drafts_accepted)
         n_tokens += len(tokens)
         calls += stats.model_calls + 1  # + the prompt pass, which yields the first token
         seconds += max(total_s - prompt_s, 1e-9)
@@ -119,7 +122,16 @@ def decode_row(name: str, decode, student: nn.Module, teacher: nn.Module,
         "tokens": n_tokens,
         "forwards": calls,
         "samples": samples,
-    }
+    } | ({"drafts": [{"draft": j + 1, "checked": c, "accepted": a, "rate": a / c}
+                     for j, (c, a) in enumerate(zip(checked, accepted, strict=True))]}
+         if checked else {})
+
+
+def add_counts(total: list[int], counts: list[int]) -> None:
+    """total += counts, element-wise, total grown to counts' length."""
+    total.extend([0] * (len(counts) - len(total)))
+    for j, count in enumerate(counts):
+        total[j] += count
 
 
 def measure(student: nn.Module, tokenizer, teacher: nn.Module, *, block_size: int,
@@ -232,7 +244,9 @@ def curve(run: Path) -> list[dict[str, Any]]:
                        "student_ar_ppl": result["student_ar_ppl"],
                        "rows": {r["name"]: {"tokens_per_forward": r["tokens_per_forward"],
                                             "ppl_ratio": r["ppl_ratio"],
-                                            "speedup": r["speedup"]} for r in result["rows"]}})
+                                            "speedup": r["speedup"]}
+                                | ({"drafts": r["drafts"]} if "drafts" in r else {})
+                                for r in result["rows"]}})
     return points
 
 
@@ -273,6 +287,12 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"self-speculation = greedy AR token for token in {lossless['dtype']} "
                  f"({lossless['prompts']} prompts × {lossless['new_tokens']} tokens); in the "
                  f"float32 rows above the first {agree} tokens agree")
+    for r in result["rows"]:
+        if r.get("drafts"):
+            lines.append(f"{r['name']} drafts accepted, by draft (checked when the ones before "
+                         "it were accepted): " + ", ".join(
+                             f"#{d['draft']} {d['rate']:.2f} of {d['checked']}"
+                             for d in r["drafts"]))
     for r in result["rows"]:
         lines.append(f"  {r['name']}: {r['sample'][:100]!r}")
     return "\n".join(lines + confidence_table(result["confidence"]))

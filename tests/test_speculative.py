@@ -80,24 +80,26 @@ def test_eos_and_repetition_penalty_give_the_ar_text():
 
 
 @pytest.mark.parametrize(
-    ("prompt", "n", "wrong", "chunks"),
+    ("prompt", "n", "wrong", "chunks", "checked", "accepted"),
     [
         # aligned prompt, every draft right: a block costs two forwards (its opening token
         # commits alone, drafting the rest; the next forward accepts the whole rest)
-        (4, 8, (), [[4], [5, 6, 7], [8], [9, 10, 11]]),
+        (4, 8, (), [[4], [5, 6, 7], [8], [9, 10, 11]], [2, 2], [2, 2]),
         # unaligned: position 7 leaves nothing to draft, position 8 opens a block
-        (6, 6, (), [[6], [7], [8], [9, 10, 11]]),
+        (6, 6, (), [[6], [7], [8], [9, 10, 11]], [1, 1], [1, 1]),
         # a wrong draft at position 10: 9 commits alone with the free token 10, which the
-        # re-drafted 11 then follows
-        (4, 8, (10,), [[4], [5, 6, 7], [8], [9], [10, 11]]),
+        # re-drafted 11 then follows (the first draft: checked 3 times, right twice; the
+        # second checked once, after the first draft of [5, 6, 7] was right)
+        (4, 8, (10,), [[4], [5, 6, 7], [8], [9], [10, 11]], [3, 1], [2, 1]),
     ],
 )
-def test_forwards_commit_the_accepted_drafts(prompt, n, wrong, chunks):
+def test_forwards_commit_the_accepted_drafts(prompt, n, wrong, chunks, checked, accepted):
     model, ids = Clock(wrong), torch.arange(prompt)[None]
     got, stats = speculative(model, ids, n, 4)
     assert got == chunks
     assert collect(got) == collect(generate_ar(model, ids, max_new_tokens=n))
     assert stats.model_calls == len(chunks)  # one forward commits each chunk
+    assert (stats.drafts_checked, stats.drafts_accepted) == (checked, accepted)
 
 
 def test_stops_at_eos_inside_the_accepted_drafts():

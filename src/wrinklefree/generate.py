@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -37,10 +37,26 @@ class NotDLMModelError(ValueError):
 
 @dataclass
 class DecodeStats:
-    """What a decoder did: forward passes over the new text (the prompt pass excluded)."""
+    """What a decoder did: forward passes over the new text (the prompt pass excluded).
+
+    Self-speculation also counts, per draft index j (0 = the first draft after the certain
+    token), how often draft j was checked (every draft before it was accepted) and accepted:
+    the acceptance rate each draft position reaches is what sets its tokens per forward.
+    """
 
     new_tokens: int = 0
     model_calls: int = 0
+    drafts_checked: list[int] = field(default_factory=list)
+    drafts_accepted: list[int] = field(default_factory=list)
+
+    def count_drafts(self, drafts: int, accepted: int) -> None:
+        """One verification of ``drafts`` drafts, the first ``accepted`` of them accepted."""
+        checked = min(accepted + 1, drafts)  # draft j is checked when draft j - 1 was accepted
+        for counts in (self.drafts_checked, self.drafts_accepted):
+            counts.extend([0] * (checked - len(counts)))
+        for j in range(checked):
+            self.drafts_checked[j] += 1
+            self.drafts_accepted[j] += j < accepted
 
 
 # ----------------------------------------------------------------------------- loading

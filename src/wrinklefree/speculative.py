@@ -90,6 +90,7 @@ def generate_speculative(
                                         end, input_ids.device)
         stats.model_calls += 1
         accepted, free = _verify(clean, pending, seen, repetition_penalty)
+        stats.count_drafts(len(pending) - 1, accepted)
         committed = pending[: 1 + accepted]
         _keep(cache, len(seq) + len(committed))  # drop the rejected drafts and the draft block
         stop = next((i for i, t in enumerate(committed) if t in eos), None)

@@ -122,6 +122,13 @@ def test_dlm_self_trains_on_the_students_trajectories_and_benches(tiny_config, t
     assert result["lossless"] == {"dtype": "float64", "prompts": 2, "new_tokens": 12,
                                   "identical": True}  # else the bench raises
     assert all(0 <= n <= 12 for n in speculative["agrees_with_ar"])  # float32: reported
+    drafts = speculative.get("drafts", [])  # a forward commits its certain token + accepted
+    unexplained = (speculative["tokens"] - (speculative["forwards"] - 2)
+                   - sum(d["accepted"] for d in drafts))
+    assert 0 <= unexplained <= 2  # a row's last token may come without a forward
+    assert all(0 <= d["accepted"] <= d["checked"] for d in drafts)
+    assert all(later["checked"] <= d["accepted"]
+               for d, later in zip(drafts, drafts[1:], strict=False))
 
 
 def test_the_lossless_check_fails_on_a_different_token_and_restores_the_dtype(monkeypatch):
