@@ -100,15 +100,14 @@ def decode_row(name: str, decode, student: nn.Module, teacher: nn.Module,
     n_tokens = calls = 0
     seconds = nll = 0.0
     samples = []
-    checked, accepted = [], []  # self-speculation's draft counts over every prompt
+    drafts = DecodeStats()  # self-speculation's draft counts over every prompt
     for prompt in prompts.split(1):
         prompt_s = prompt_seconds(student, prompt)
         stats = DecodeStats()
         tokens, total_s = timed_decode(decode(prompt, stats))
         if len(tokens) != new_tokens:
             raise RuntimeError(f"{name}: decoded {len(tokens)} tokens, expected {new_tokens}")
-        add_counts(checked, stats.drafts_checked)
-        add_counts(accepted, stats.drafts_accepted)
+        drafts.add_drafts(stats)
         n_tokens += len(tokens)
         calls += stats.model_calls + 1  # + the prompt pass, which yields the first token
         seconds += max(total_s - prompt_s, 1e-9)
@@ -123,15 +122,9 @@ def decode_row(name: str, decode, student: nn.Module, teacher: nn.Module,
         "forwards": calls,
         "samples": samples,
     } | ({"drafts": [{"draft": j + 1, "checked": c, "accepted": a, "rate": a / c}
-                     for j, (c, a) in enumerate(zip(checked, accepted, strict=True))]}
-         if checked else {})
-
-
-def add_counts(total: list[int], counts: list[int]) -> None:
-    """total += counts, element-wise, total grown to counts' length."""
-    total.extend([0] * (len(counts) - len(total)))
-    for j, count in enumerate(counts):
-        total[j] += count
+                     for j, (c, a) in enumerate(zip(drafts.drafts_checked,
+                                                    drafts.drafts_accepted, strict=True))]}
+         if drafts.drafts_checked else {})
 
 
 def measure(student: nn.Module, tokenizer, teacher: nn.Module, *, block_size: int,

@@ -52,11 +52,20 @@ class DecodeStats:
     def count_drafts(self, drafts: int, accepted: int) -> None:
         """One verification of ``drafts`` drafts, the first ``accepted`` of them accepted."""
         checked = min(accepted + 1, drafts)  # draft j is checked when draft j - 1 was accepted
-        for counts in (self.drafts_checked, self.drafts_accepted):
-            counts.extend([0] * (checked - len(counts)))
-        for j in range(checked):
-            self.drafts_checked[j] += 1
-            self.drafts_accepted[j] += j < accepted
+        _add_counts(self.drafts_checked, [1] * checked)
+        _add_counts(self.drafts_accepted, [1] * accepted + [0] * (checked - accepted))
+
+    def add_drafts(self, other: DecodeStats) -> None:
+        """Add ``other``'s draft counts to these (one tally over several prompts)."""
+        _add_counts(self.drafts_checked, other.drafts_checked)
+        _add_counts(self.drafts_accepted, other.drafts_accepted)
+
+
+def _add_counts(total: list[int], counts: list[int]) -> None:
+    """total += counts, element-wise, total grown to counts' length."""
+    total.extend([0] * (len(counts) - len(total)))
+    for j, count in enumerate(counts):
+        total[j] += count
 
 
 # ----------------------------------------------------------------------------- loading
